@@ -1,0 +1,61 @@
+"""The audit log in PostgreSQL: one row per accepted vote, UNIQUE on its hash."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from votes_app.models import VoteAudit
+from votes_app.schemas import Ballot
+
+
+def record_votes(*, session: Session, ballots: Sequence[Ballot]) -> set[str]:
+    """Insert the ballots in one statement; the hashes that were new.
+
+    A hash already present is left alone (ON CONFLICT DO NOTHING): the UNIQUE constraint,
+    not Redis, has the last word on whether a voter has voted.
+    """
+    if not ballots:
+        return set()
+    rows = [
+        {
+            "vote_hash": ballot.vote.vote_hash,
+            "law_id": ballot.vote.law_id,
+            "choice": ballot.vote.choice,
+            "voted_at": ballot.vote.timestamp,
+            "task_id": ballot.task_id,
+        }
+        for ballot in ballots
+    ]
+    statement = (
+        pg_insert(VoteAudit)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[VoteAudit.vote_hash])
+        .returning(VoteAudit.vote_hash)
+    )
+    return set(session.scalars(statement))
+
+
+def recorders(*, session: Session, vote_hashes: Collection[str]) -> dict[str, str]:
+    """For each hash already in the audit log, the task id that recorded it."""
+    if not vote_hashes:
+        return {}
+    rows = session.execute(
+        sa.select(VoteAudit.vote_hash, VoteAudit.task_id).where(
+            VoteAudit.vote_hash.in_(vote_hashes)
+        )
+    )
+    return dict(rows.tuples().all())
+
+
+def counts_by_law(*, session: Session) -> dict[tuple[str, str], int]:
+    """Accepted votes per `(law_id, choice)`, straight from the audit log."""
+    rows = session.execute(
+        sa.select(VoteAudit.law_id, VoteAudit.choice, sa.func.count()).group_by(
+            VoteAudit.law_id, VoteAudit.choice
+        )
+    )
+    return {(law_id, choice): count for law_id, choice, count in rows}

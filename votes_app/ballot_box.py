@@ -1,0 +1,149 @@
+"""The Redis side of validation: the voter roll, the atomic claim, duplicate counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from enum import StrEnum
+from itertools import islice
+from typing import TypeVar
+
+import redis
+
+T = TypeVar("T")
+
+# Key names are shared with the services this project replaces and their tooling.
+VALID_HASHES = "valid_hashes"
+VOTED_HASHES = "voted_hashes"
+
+
+def duplicate_count_key(vote_hash: str) -> str:
+    return f"duplicate_count:{vote_hash}"
+
+
+def vote_state_key(vote_hash: str) -> str:
+    """`claimed:<task id>` while a vote is being recorded, `tallied` once it is counted."""
+    return f"vote_state:{vote_hash}"
+
+
+def duplicate_seen_key(task_id: str) -> str:
+    return f"duplicate_seen:{task_id}"
+
+
+class Claim(StrEnum):
+    CLAIMED = "claimed"  # the vote is ours to record (first time, or our own redelivery)
+    TAKEN = "taken"  # the voter has voted: a duplicate, unless PostgreSQL says it is ours
+    INVALID = "invalid"  # not on the voter roll
+
+
+class VoterRollMissing(RuntimeError):
+    """Redis has no voter roll (e.g. restarted empty): votes must wait, not be refused."""
+
+
+# Check and claim in one step, so that two workers can never both claim one voter.
+_CLAIM = """
+-- KEYS: valid_hashes, voted_hashes, vote_state:{hash}; ARGV: hash, task id, state ttl
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'roll_missing' end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 'invalid' end
+local mine = 'claimed:' .. ARGV[2]
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+    redis.call('SET', KEYS[3], mine, 'EX', ARGV[3])
+    return 'claimed'
+end
+if redis.call('GET', KEYS[3]) == mine then return 'claimed' end
+return 'taken'
+"""
+
+# Undo a claim that could not be recorded, but only if it is still ours.
+_RELEASE = """
+-- KEYS: voted_hashes, vote_state:{hash}; ARGV: hash, task id
+if redis.call('GET', KEYS[2]) ~= 'claimed:' .. ARGV[2] then return 0 end
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# Count each duplicate message once, however often it is redelivered.
+_COUNT_DUPLICATE = """
+-- KEYS: duplicate_count:{hash}, duplicate_seen:{task id}; ARGV: ttl
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+    return redis.call('INCR', KEYS[1])
+end
+return tonumber(redis.call('GET', KEYS[1]) or '1')
+"""
+
+
+class BallotBox:
+    """The claim scripts, registered once per Redis client and run pipelined."""
+
+    def __init__(self, client: redis.Redis, *, state_ttl_seconds: int) -> None:
+        self.redis = client
+        self.state_ttl = state_ttl_seconds
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
+        self._count_duplicate = client.register_script(_COUNT_DUPLICATE)
+
+    def claim(self, ballots: Sequence[tuple[str, str]]) -> list[Claim]:
+        """Claim each `(vote_hash, task_id)` in one round trip; one `Claim` per ballot."""
+        pipe = self.redis.pipeline(transaction=False)
+        for vote_hash, task_id in ballots:
+            self._claim(
+                keys=[VALID_HASHES, VOTED_HASHES, vote_state_key(vote_hash)],
+                args=[vote_hash, task_id, self.state_ttl],
+                client=pipe,
+            )
+        answers = pipe.execute()
+        if "roll_missing" in answers:
+            raise VoterRollMissing("the voter roll (Redis set valid_hashes) is empty")
+        return [Claim(answer) for answer in answers]
+
+    def release(self, ballots: Sequence[tuple[str, str]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for vote_hash, task_id in ballots:
+            self._release(
+                keys=[VOTED_HASHES, vote_state_key(vote_hash)],
+                args=[vote_hash, task_id],
+                client=pipe,
+            )
+        pipe.execute()
+
+    def count_duplicates(self, ballots: Sequence[tuple[str, str]]) -> list[int]:
+        """Bump `duplicate_count:{hash}` once per duplicate message; the attempt numbers."""
+        pipe = self.redis.pipeline(transaction=False)
+        for vote_hash, task_id in ballots:
+            self._count_duplicate(
+                keys=[duplicate_count_key(vote_hash), duplicate_seen_key(task_id)],
+                args=[self.state_ttl],
+                client=pipe,
+            )
+        return [int(count) for count in pipe.execute()]
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[tuple[T, ...]]:
+    """`itertools.batched` of Python 3.12."""
+    iterator = iter(items)
+    while chunk := tuple(islice(iterator, size)):
+        yield chunk
+
+
+def load_voters(
+    client: redis.Redis,
+    hashes: Iterable[str],
+    *,
+    members_per_sadd: int = 1_000,
+    sadds_per_trip: int = 10,
+) -> Iterator[tuple[int, int]]:
+    """Add hashes to the voter roll: pipelined SADDs, `sadds_per_trip` per round trip.
+
+    Yields `(hashes sent, hashes new)` per round trip so that callers can show progress.
+    Adding a hash twice is harmless: SADD counts only the new ones.
+    """
+    for trip in batched(batched(hashes, members_per_sadd), sadds_per_trip):
+        pipe = client.pipeline(transaction=False)
+        for members in trip:
+            pipe.sadd(VALID_HASHES, *members)
+        added = pipe.execute()
+        yield sum(len(members) for members in trip), sum(int(n) for n in added)
+
+
+def voter_roll_size(client: redis.Redis) -> int:
+    return int(client.scard(VALID_HASHES))

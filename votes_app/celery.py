@@ -1,0 +1,101 @@
+"""The Celery app: broker settings, queues and routes, the beat schedule, worker signals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Connection, Exchange, Queue
+
+from votes_app.config import Settings, get_settings
+from votes_app.resources import forget_inherited_connections
+
+VALIDATION = "votes.validation"
+AGGREGATION = "votes.aggregation"
+REVIEW = "votes.review"
+DEAD = "votes.dead"
+
+VOTES_EXCHANGE = Exchange("votes", type="direct", durable=True)
+# Fanout keeps each dead message's original routing key, so a replay knows its queue.
+DEAD_EXCHANGE = Exchange(DEAD, type="fanout", durable=True)
+DEAD_QUEUE = Queue(DEAD, DEAD_EXCHANGE, durable=True)
+
+# A message rejected without requeue (unknown task, undecodable, failed for good) is
+# dead-lettered by RabbitMQ into votes.dead instead of vanishing.
+DEAD_LETTERING = {"x-dead-letter-exchange": DEAD}
+
+TASK_QUEUES = tuple(
+    Queue(name, VOTES_EXCHANGE, routing_key=name, durable=True, queue_arguments=DEAD_LETTERING)
+    for name in (VALIDATION, AGGREGATION, REVIEW)
+)
+
+TASK_ROUTES = {
+    "votes_app.validate_vote": {"queue": VALIDATION},
+    "votes_app.aggregate_vote": {"queue": AGGREGATION},
+    "votes_app.flush_tallies": {"queue": AGGREGATION},
+    "votes_app.record_review": {"queue": REVIEW},
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Publisher confirms: a vote handed on to aggregation or review is on the broker's
+        # disk before the message that produced it is acknowledged.
+        "broker_transport_options": {"confirm_publish": settings.broker_confirm_publish},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        # Nothing reads task results: no result backend, no result messages.
+        "result_backend": None,
+        "task_ignore_result": True,
+        # At-least-once delivery; every step is idempotent so "at least" becomes "exactly".
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # A task that failed for good is rejected, hence dead-lettered, not acknowledged away.
+        "task_acks_on_failure_or_timeout": False,
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        # With late acks a task cut off by a lost connection is redelivered anyway; cancel it
+        # rather than let it finish and try to acknowledge on a dead channel.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_queues": TASK_QUEUES,
+        "task_routes": TASK_ROUTES,
+        "task_default_exchange": VOTES_EXCHANGE.name,
+        "task_default_queue": VALIDATION,
+        "task_default_routing_key": VALIDATION,
+        "task_default_delivery_mode": "persistent",
+        # Task events feed Flower and the exporters.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": {
+            "flush-tallies": {
+                "task": "votes_app.flush_tallies",
+                "schedule": settings.flush_interval_seconds,
+                # A flush nobody ran in time is replaced by the next one, not queued up.
+                "options": {"expires": max(settings.flush_interval_seconds * 5, 5.0)},
+            }
+        },
+    }
+
+
+app = Celery("votes_app", include=["votes_app.tasks"])
+app.conf.update(celery_config(get_settings()))
+
+
+def declare_dead_letters(connection: Connection) -> None:
+    """Declare votes.dead: the work queues name it, and RabbitMQ drops what has nowhere to go."""
+    DEAD_QUEUE.bind(connection.default_channel).declare()
+
+
+@signals.worker_init.connect
+def _declare_dead_letters_on_start(**_: Any) -> None:
+    with app.connection_for_write() as connection:
+        declare_dead_letters(connection)
+
+
+@signals.worker_process_init.connect
+def _forget_inherited_connections(**_: Any) -> None:
+    forget_inherited_connections()

@@ -1,0 +1,49 @@
+"""Settings: every knob of votes_app, read once from the environment (and `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration with defaults that work on a developer machine.
+
+    Every field is read from the environment variable of the same name in upper case
+    (`DATABASE_URL`, `FLUSH_INTERVAL_SECONDS`, ...). `.env.example` lists them all.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # Connections. The URLs carry credentials, so they never appear in a repr or a log.
+    celery_broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672//")
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    database_url: SecretStr = SecretStr("postgresql+psycopg2://postgres@127.0.0.1:5432/votes")
+    database_pool_size: int = Field(default=5, ge=1)
+
+    # Broker behaviour.
+    worker_prefetch_multiplier: int = Field(default=8, ge=1)
+    broker_confirm_publish: bool = True
+
+    # Pipeline behaviour.
+    flush_interval_seconds: float = Field(default=1.0, gt=0)
+    # How long Redis remembers who claimed a vote and that it was tallied: far longer than
+    # any redelivery takes; PostgreSQL is the arbiter after that.
+    vote_state_ttl_seconds: int = Field(default=86_400, ge=60)
+    max_clock_skew_seconds: int = Field(default=300, ge=0)
+    retry_backoff_max_seconds: int = Field(default=60, ge=1)
+    max_retries: int = Field(default=25, ge=0)
+    roll_missing_retry_seconds: float = Field(default=5.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url.get_secret_value()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

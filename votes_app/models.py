@@ -1,0 +1,132 @@
+"""The PostgreSQL tables, as typed SQLAlchemy 2 models. Alembic alone creates them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Names every constraint the same way in models and migrations (Alembic: "The Importance
+# of Naming Constraints"), so that `alembic check` compares like with like.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+HASH_CHECK = "vote_hash ~ '^[0-9a-f]{64}$'"
+LAW_ID_CHECK = "law_id ~ '^[A-Za-z0-9._-]{1,50}$'"
+CHOICE_CHECK = "choice IN ('oui', 'non')"
+REVIEW_KINDS = ("invalid", "malformed")
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def created_now() -> Mapped[datetime]:
+    return mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+
+class VoteAudit(Base):
+    """One row per accepted vote: the system of record that tallies are checked against."""
+
+    __tablename__ = "vote_audit"
+    __table_args__ = (
+        sa.CheckConstraint(HASH_CHECK, name="vote_hash_hex"),
+        sa.CheckConstraint(LAW_ID_CHECK, name="law_id_format"),
+        sa.CheckConstraint(CHOICE_CHECK, name="choice_valid"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    vote_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    law_id: Mapped[str] = mapped_column(sa.String(50))
+    choice: Mapped[str] = mapped_column(sa.String(3))
+    voted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = created_now()
+    # The Celery task id that recorded the vote: a redelivered message recognises its own row.
+    task_id: Mapped[str] = mapped_column(sa.String(255))
+
+
+class VoteResult(Base):
+    """Live tallies per law, advanced only by `flush_tallies`."""
+
+    __tablename__ = "vote_results"
+    __table_args__ = (
+        sa.CheckConstraint("oui_count >= 0", name="oui_count_non_negative"),
+        sa.CheckConstraint("non_count >= 0", name="non_count_non_negative"),
+        sa.CheckConstraint(LAW_ID_CHECK, name="law_id_format"),
+    )
+
+    law_id: Mapped[str] = mapped_column(sa.String(50), primary_key=True)
+    oui_count: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    non_count: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    updated_at: Mapped[datetime] = created_now()
+
+
+class TallyBatch(Base):
+    """A flushed batch of pending tallies; its id makes re-applying the batch a no-op."""
+
+    __tablename__ = "tally_batches"
+    __table_args__ = (sa.CheckConstraint("vote_count >= 0", name="vote_count_non_negative"),)
+
+    batch_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    vote_count: Mapped[int] = mapped_column(sa.BigInteger)
+    applied_at: Mapped[datetime] = created_now()
+
+
+class DuplicateAttempt(Base):
+    """Second (third, ...) votes of one voter hash on one law."""
+
+    __tablename__ = "duplicate_attempts"
+    __table_args__ = (
+        sa.CheckConstraint(HASH_CHECK, name="vote_hash_hex"),
+        sa.CheckConstraint("attempt_count >= 1", name="attempt_count_positive"),
+    )
+
+    vote_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    law_id: Mapped[str] = mapped_column(sa.String(50), primary_key=True)
+    attempt_count: Mapped[int] = mapped_column(sa.Integer)
+    first_attempt_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    last_attempt_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class ReviewRecord(Base):
+    """Invalid and malformed submissions, one row per distinct submission.
+
+    A flood of the same garbage bumps `occurrences` instead of adding rows.
+    """
+
+    __tablename__ = "vote_review"
+    __table_args__ = (
+        sa.UniqueConstraint("kind", "fingerprint", name="uq_vote_review_kind_fingerprint"),
+        sa.CheckConstraint("kind IN ('invalid', 'malformed')", name="kind_valid"),
+        sa.CheckConstraint("occurrences >= 1", name="occurrences_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    reason: Mapped[str] = mapped_column(sa.String(500))
+    vote_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    law_id: Mapped[str | None] = mapped_column(sa.String(50))
+    sample: Mapped[str] = mapped_column(sa.String(1000))
+    occurrences: Mapped[int] = mapped_column(sa.Integer)
+    first_seen_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+# The view that `votes results` and dashboards read; the initial migration creates it.
+vote_statistics = sa.table(
+    "vote_statistics",
+    sa.column("law_id", sa.String),
+    sa.column("oui_count", sa.BigInteger),
+    sa.column("non_count", sa.BigInteger),
+    sa.column("total_votes", sa.BigInteger),
+    sa.column("oui_percentage", sa.Numeric),
+    sa.column("non_percentage", sa.Numeric),
+    sa.column("updated_at", sa.DateTime(timezone=True)),
+)

@@ -1,0 +1,69 @@
+"""Per-process connections: the SQLAlchemy engine and the Redis client, made on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from votes_app.ballot_box import BallotBox
+from votes_app.config import get_settings
+from votes_app.tallies import Tallies
+
+
+@lru_cache
+def get_engine() -> sa.Engine:
+    settings = get_settings()
+    return sa.create_engine(
+        settings.database_url.get_secret_value(),
+        pool_size=settings.database_pool_size,
+        pool_pre_ping=True,
+    )
+
+
+@lru_cache
+def get_sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+@lru_cache
+def get_redis() -> redis.Redis:
+    return redis.Redis.from_url(
+        get_settings().redis_url.get_secret_value(),
+        decode_responses=True,
+        health_check_interval=30,
+    )
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """One transaction: committed when the block ends, rolled back if it raises."""
+    with get_sessionmaker().begin() as session:
+        yield session
+
+
+def forget_inherited_connections() -> None:
+    """Drop the connections a forked child inherited from its parent, without network I/O.
+
+    close=False keeps the parent's sockets intact (SQLAlchemy: "Using Connection Pools
+    with Multiprocessing or os.fork()"); redis-py notices the new pid by itself, but
+    resetting its pool here keeps the child from ever touching the parent's sockets.
+    """
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+    if get_redis.cache_info().currsize:
+        get_redis().connection_pool.reset()
+
+
+@lru_cache
+def get_ballot_box() -> BallotBox:
+    return BallotBox(get_redis(), state_ttl_seconds=get_settings().vote_state_ttl_seconds)
+
+
+@lru_cache
+def get_tallies() -> Tallies:
+    return Tallies(get_redis(), state_ttl_seconds=get_settings().vote_state_ttl_seconds)

@@ -1,0 +1,147 @@
+"""Submissions that were not counted: duplicates, unknown voters, malformed messages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from votes_app.models import DuplicateAttempt, ReviewRecord
+
+REASON_MAX = 500
+SAMPLE_MAX = 1000
+# Never copied into a review record: the voter's identity stays out of the database.
+PRIVATE_FIELDS = frozenset({"citizen_id"})
+
+
+class Verdict(StrEnum):
+    DUPLICATE = "duplicate"
+    INVALID = "invalid"
+    MALFORMED = "malformed"
+
+
+class Rejection(BaseModel):
+    """One `record_review` item: what was refused and why. JSON in, JSON out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verdict: Verdict
+    reason: str = Field(max_length=REASON_MAX)
+    seen_at: datetime
+    vote_hash: str | None = Field(default=None, max_length=64)
+    law_id: str | None = Field(default=None, max_length=50)
+    attempt: int | None = Field(default=None, ge=1)
+    sample: str = Field(default="", max_length=SAMPLE_MAX)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identical submissions share a fingerprint, hence a review row."""
+        basis = f"{self.vote_hash}|{self.law_id}" if self.vote_hash else self.sample
+        return hashlib.sha256(f"{self.verdict}|{basis}".encode()).hexdigest()
+
+
+def sample_of(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """A bounded, identity-free rendering of a submission for reviewers."""
+    shown: dict[str, Any] = {
+        name: value for name, value in kwargs.items() if name not in PRIVATE_FIELDS
+    }
+    if args:
+        # The fifth positional argument is citizen_id: leave it out as well.
+        shown["args"] = list(args[:4]) + (["..."] if len(args) > 4 else [])
+    text = json.dumps(shown, default=repr, ensure_ascii=True, sort_keys=True)
+    return text if len(text) <= SAMPLE_MAX else text[: SAMPLE_MAX - 3] + "..."
+
+
+def clip(text: str, limit: int = REASON_MAX) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def record_rejections(*, session: Session, rejections: Sequence[Rejection]) -> None:
+    """Store rejections; replaying the same ones leaves duplicate counts unchanged."""
+    duplicates = [r for r in rejections if r.verdict is Verdict.DUPLICATE]
+    others = [r for r in rejections if r.verdict is not Verdict.DUPLICATE]
+    if duplicates:
+        _record_duplicates(session, duplicates)
+    if others:
+        _record_others(session, others)
+
+
+def _record_duplicates(session: Session, rejections: Sequence[Rejection]) -> None:
+    # `attempt` comes from Redis's duplicate_count: keeping the greatest makes the row right
+    # when a review message is delivered twice or out of order.
+    rows: dict[tuple[str | None, str | None], dict[str, Any]] = {}
+    for r in rejections:
+        row = rows.setdefault(
+            (r.vote_hash, r.law_id),
+            {
+                "vote_hash": r.vote_hash,
+                "law_id": r.law_id,
+                "attempt_count": 1,
+                "first_attempt_at": r.seen_at,
+                "last_attempt_at": r.seen_at,
+            },
+        )
+        row["attempt_count"] = max(row["attempt_count"], r.attempt or 1)
+        row["first_attempt_at"] = min(row["first_attempt_at"], r.seen_at)
+        row["last_attempt_at"] = max(row["last_attempt_at"], r.seen_at)
+    upsert = pg_insert(DuplicateAttempt).values(list(rows.values()))
+    table = DuplicateAttempt.__table__.c
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[table.vote_hash, table.law_id],
+            set_={
+                "attempt_count": sa.func.greatest(
+                    table.attempt_count, upsert.excluded.attempt_count
+                ),
+                "first_attempt_at": sa.func.least(
+                    table.first_attempt_at, upsert.excluded.first_attempt_at
+                ),
+                "last_attempt_at": sa.func.greatest(
+                    table.last_attempt_at, upsert.excluded.last_attempt_at
+                ),
+            },
+        )
+    )
+
+
+def _record_others(session: Session, rejections: Sequence[Rejection]) -> None:
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rejections:
+        key = (r.verdict.value, r.fingerprint)
+        if key in rows:
+            row = rows[key]
+            row["occurrences"] += 1
+            row["first_seen_at"] = min(row["first_seen_at"], r.seen_at)
+            row["last_seen_at"] = max(row["last_seen_at"], r.seen_at)
+            continue
+        rows[key] = {
+            "kind": r.verdict.value,
+            "fingerprint": r.fingerprint,
+            "reason": r.reason,
+            "vote_hash": r.vote_hash,
+            "law_id": r.law_id,
+            "sample": r.sample,
+            "occurrences": 1,
+            "first_seen_at": r.seen_at,
+            "last_seen_at": r.seen_at,
+        }
+    upsert = pg_insert(ReviewRecord).values(list(rows.values()))
+    table = ReviewRecord.__table__.c
+    session.execute(
+        upsert.on_conflict_do_update(
+            constraint="uq_vote_review_kind_fingerprint",
+            set_={
+                "occurrences": table.occurrences + upsert.excluded.occurrences,
+                "reason": upsert.excluded.reason,
+                "last_seen_at": sa.func.greatest(table.last_seen_at, upsert.excluded.last_seen_at),
+            },
+        )
+    )
