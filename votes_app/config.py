@@ -37,8 +37,6 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=25, ge=0)
     roll_missing_retry_seconds: float = Field(default=5.0, gt=0)
 
-    log_level: str = "INFO"
-
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url.get_secret_value()

@@ -1,0 +1,49 @@
+# Everyday commands. `make test` and `make demo` set up everything they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install services migrate test lint demo worker beat clean
+
+help:
+	@echo "make test     run the test suite against local RabbitMQ, Redis and PostgreSQL"
+	@echo "make demo     run the pipeline end to end on 10,700 votes and reconcile"
+	@echo "make lint     ruff and mypy"
+	@echo "make migrate  alembic upgrade head on DATABASE_URL"
+	@echo "make worker   a worker on all three queues; make beat: the flush scheduler"
+
+# The virtualenv is rebuilt when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+services:
+	bash scripts/services.sh
+
+migrate: install services
+	$(BIN)/alembic upgrade head
+
+test: install services
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+demo: install services
+	$(BIN)/votes demo
+
+worker: install
+	$(BIN)/celery -A votes_app worker -Q votes.validation,votes.aggregation,votes.review -l INFO
+
+beat: install
+	$(BIN)/celery -A votes_app beat -l INFO
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,31 @@
+"""Reconciliation: do the published tallies equal the audit log, per law and choice?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from votes_app import audit, tallies
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    law_id: str
+    choice: str
+    tallied: int  # in vote_results
+    audited: int  # rows in vote_audit
+
+    @property
+    def drift(self) -> int:
+        return self.tallied - self.audited
+
+
+def compare(*, session: Session) -> list[Line]:
+    """One line per law and choice present on either side, sorted; read in one snapshot."""
+    tallied = tallies.results_by_law(session=session)
+    audited = audit.counts_by_law(session=session)
+    return [
+        Line(law_id, choice, tallied.get((law_id, choice), 0), audited.get((law_id, choice), 0))
+        for law_id, choice in sorted(tallied.keys() | audited.keys())
+    ]
