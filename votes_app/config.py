@@ -23,11 +23,14 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql+psycopg2://postgres@127.0.0.1:5432/votes")
     database_pool_size: int = Field(default=5, ge=1)
 
-    # Broker behaviour.
-    worker_prefetch_multiplier: int = Field(default=8, ge=1)
+    # Broker behaviour. Batching needs room: each worker process may hold a full batch
+    # unacknowledged while it fills the next.
+    worker_prefetch_multiplier: int = Field(default=200, ge=1)
     broker_confirm_publish: bool = True
 
     # Pipeline behaviour.
+    validate_batch_size: int = Field(default=100, ge=1, le=10_000)
+    validate_batch_ms: int = Field(default=50, ge=1)
     flush_interval_seconds: float = Field(default=1.0, gt=0)
     # How long Redis remembers who claimed a vote and that it was tallied: far longer than
     # any redelivery takes; PostgreSQL is the arbiter after that.

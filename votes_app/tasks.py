@@ -7,13 +7,16 @@ from typing import Any
 
 from celery import Task
 from celery.utils.log import get_task_logger
+from celery.utils.time import get_exponential_backoff_interval
+from celery_batches import SimpleRequest
 from kombu.exceptions import OperationalError as BrokerError
 from pydantic import TypeAdapter
-from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
+from redis import exceptions as redis_exc
+from sqlalchemy import exc as sa_exc
 
 from votes_app import review, tallies, validation
 from votes_app.ballot_box import VoterRollMissing
+from votes_app.batching import SettledBatches
 from votes_app.celery import app
 from votes_app.config import get_settings
 from votes_app.resources import get_ballot_box, get_tallies, session_scope
@@ -24,8 +27,17 @@ settings = get_settings()
 
 # Infrastructure that may come back: retried with exponential backoff and jitter. After
 # `max_retries` the task fails, is rejected, and lands in votes.dead for a later replay.
+TRANSIENT_ERRORS = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    redis_exc.ConnectionError,
+    redis_exc.TimeoutError,
+    redis_exc.BusyLoadingError,
+    BrokerError,
+    ConnectionError,
+)
 RETRY_POLICY: dict[str, Any] = {
-    "autoretry_for": (SQLAlchemyError, RedisError, BrokerError, ConnectionError),
+    "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": True,
     "retry_backoff_max": settings.retry_backoff_max_seconds,
     "retry_jitter": True,
@@ -41,29 +53,85 @@ def short(vote_hash: str) -> str:
     return vote_hash[:8]
 
 
-@app.task(bind=True, name="votes_app.validate_vote", **RETRY_POLICY)
-def validate_vote(self: Task[..., None], *args: Any, **kwargs: Any) -> None:
-    """Judge one vote message; record it and hand it to aggregation, or to review.
+@app.task(
+    base=SettledBatches,
+    bind=True,
+    name="votes_app.validate_vote",
+    flush_every=settings.validate_batch_size,
+    flush_interval=settings.validate_batch_ms / 1000,
+)
+def validate_vote(self: SettledBatches, requests: list[SimpleRequest]) -> list[str]:
+    """Judge a batch of vote messages; record them and hand them on, or send them to review.
 
-    Takes `*args, **kwargs` so that a message with missing, extra or positional fields
-    reaches the validator and is reviewed, instead of failing on the call itself.
+    Producers call it as `validate_vote(vote_hash, law_id, choice, timestamp, citizen_id=None)`,
+    one message per vote; the worker buffers up to VALIDATE_BATCH_SIZE messages (or
+    VALIDATE_BATCH_MS) and calls this once for all of them. Returns the ids of the messages
+    that can never be processed, which go to votes.dead; the others are acknowledged.
     """
-    submission = Submission(task_id=str(self.request.id), args=args, kwargs=kwargs)
+    return settle(self, requests)
+
+
+def settle(task: SettledBatches, requests: list[SimpleRequest]) -> list[str]:
+    submissions = [Submission(task_id=r.id, args=r.args, kwargs=r.kwargs) for r in requests]
     try:
         outcome = validation.validate(
-            [submission],
+            submissions,
             ballot_box=get_ballot_box(),
             session_scope=session_scope,
             now=utcnow(),
             max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
         )
-    except VoterRollMissing as exc:
-        # Hold the vote until the roll is loaded again: refusing it would be wrong.
-        logger.warning("voter roll missing: holding vote")
-        raise self.retry(
-            exc=exc, countdown=settings.roll_missing_retry_seconds, max_retries=None
-        ) from exc
-    hand_on(outcome)
+        hand_on(outcome)
+    except VoterRollMissing:
+        # Hold the votes until the roll is loaded again: refusing them would be wrong.
+        logger.warning("voter roll missing: holding %d votes", len(requests))
+        return retry_later(task, requests, hold=True)
+    except TRANSIENT_ERRORS as exc:
+        logger.warning("retrying %d votes after %s", len(requests), type(exc).__name__)
+        return retry_later(task, requests)
+    except Exception:
+        if len(requests) == 1:
+            logger.exception("vote task %s failed: to votes.dead", requests[0].id)
+            return [requests[0].id]
+        # One bad message must not take its batch with it: settle them one by one.
+        logger.exception("batch of %d failed: settling its votes one by one", len(requests))
+        return [dead for request in requests for dead in settle(task, [request])]
+    return []
+
+
+def retry_later(
+    task: SettledBatches, requests: list[SimpleRequest], *, hold: bool = False
+) -> list[str]:
+    """Publish each message again with a delay (Celery's retry, per message); the ids that
+    are out of retries, or could not be published, go to votes.dead."""
+    dead = []
+    for request in requests:
+        retries = int((request.request_dict or {}).get("retries") or 0) + 1
+        if hold:
+            countdown = settings.roll_missing_retry_seconds
+        elif retries > settings.max_retries:
+            logger.error("vote task %s out of retries: to votes.dead", request.id)
+            dead.append(request.id)
+            continue
+        else:
+            countdown = get_exponential_backoff_interval(
+                factor=1,
+                retries=retries - 1,
+                maximum=settings.retry_backoff_max_seconds,
+                full_jitter=True,
+            )
+        try:
+            task.apply_async(
+                args=request.args,
+                kwargs=request.kwargs,
+                task_id=request.id,
+                countdown=countdown,
+                retries=retries,
+            )
+        except Exception:
+            logger.exception("could not publish the retry of %s: to votes.dead", request.id)
+            dead.append(request.id)
+    return dead
 
 
 def hand_on(outcome: validation.Outcome) -> None:
