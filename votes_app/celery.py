@@ -67,7 +67,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_delivery_mode": "persistent",
         # Task events feed Flower and the exporters.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": {

@@ -38,7 +38,7 @@ from votes_app.cli import (
 )
 from votes_app.config import get_settings
 from votes_app.models import Base, DuplicateAttempt, ReviewRecord, VoteAudit
-from votes_app.producer import VotePublisher
+from votes_app.producer import publish_in_parallel
 from votes_app.resources import get_engine, get_redis, session_scope
 
 REPO = Path(__file__).resolve().parent.parent
@@ -201,11 +201,13 @@ def run_demo(scenario: Scenario) -> int:
             wait_for_worker(time.monotonic() + 60)
             messages = ballots.first + ballots.second + ballots.unknown
             started = time.monotonic()
-            with VotePublisher() as publisher, progress_bar() as progress:
+            with progress_bar() as progress:
                 task = progress.add_task("publishing votes", total=len(messages))
-                for kwargs in messages:
-                    publisher.publish(kwargs)
-                    progress.update(task, advance=1)
+                # Second votes go out after every first vote, so that they are the ones refused.
+                for phase in (ballots.first, ballots.second + ballots.unknown):
+                    publish_in_parallel(
+                        phase, on_progress=lambda n: progress.update(task, advance=n)
+                    )
             published = time.monotonic()
 
             target = (
