@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
-import pytest
 import sqlalchemy as sa
 
 from tests.support import TIMESTAMP, voter_hash
