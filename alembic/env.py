@@ -5,8 +5,8 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 import sqlalchemy as sa
-
 from alembic import context
+
 from votes_app.config import get_settings
 from votes_app.models import Base
 

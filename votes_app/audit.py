@@ -48,7 +48,7 @@ def recorders(*, session: Session, vote_hashes: Collection[str]) -> dict[str, st
             VoteAudit.vote_hash.in_(vote_hashes)
         )
     )
-    return dict(rows.tuples().all())
+    return {row.vote_hash: row.task_id for row in rows}
 
 
 def counts_by_law(*, session: Session) -> dict[tuple[str, str], int]:

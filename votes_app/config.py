@@ -15,7 +15,10 @@ class Settings(BaseSettings):
     (`DATABASE_URL`, `FLUSH_INTERVAL_SECONDS`, ...). `.env.example` lists them all.
     """
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # allow_inf_nan=False: an infinite interval would be accepted, then crash beat.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
     # Connections. The URLs carry credentials, so they never appear in a repr or a log.
     celery_broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672//")

@@ -44,7 +44,9 @@ class Rejection(BaseModel):
     @property
     def fingerprint(self) -> str:
         """Identical submissions share a fingerprint, hence a review row."""
-        basis = f"{self.vote_hash}|{self.law_id}" if self.vote_hash else self.sample
+        basis = (
+            f"{self.vote_hash}|{self.law_id}" if self.vote_hash else f"{self.reason}|{self.sample}"
+        )
         return hashlib.sha256(f"{self.verdict}|{basis}".encode()).hexdigest()
 
 
@@ -55,7 +57,7 @@ def sample_of(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     }
     if args:
         # The fifth positional argument is citizen_id: leave it out as well.
-        shown["args"] = list(args[:4]) + (["..."] if len(args) > 4 else [])
+        shown["positional"] = list(args[:4]) + (["..."] if len(args) > 4 else [])
     text = json.dumps(shown, default=repr, ensure_ascii=True, sort_keys=True)
     return text if len(text) <= SAMPLE_MAX else text[: SAMPLE_MAX - 3] + "..."
 
@@ -92,7 +94,7 @@ def _record_duplicates(session: Session, rejections: Sequence[Rejection]) -> Non
         row["attempt_count"] = max(row["attempt_count"], r.attempt or 1)
         row["first_attempt_at"] = min(row["first_attempt_at"], r.seen_at)
         row["last_attempt_at"] = max(row["last_attempt_at"], r.seen_at)
-    upsert = pg_insert(DuplicateAttempt).values(list(rows.values()))
+    upsert = pg_insert(DuplicateAttempt).values([rows[key] for key in sorted(rows, key=str)])
     table = DuplicateAttempt.__table__.c
     session.execute(
         upsert.on_conflict_do_update(
@@ -133,7 +135,8 @@ def _record_others(session: Session, rejections: Sequence[Rejection]) -> None:
             "first_seen_at": r.seen_at,
             "last_seen_at": r.seen_at,
         }
-    upsert = pg_insert(ReviewRecord).values(list(rows.values()))
+    # Rows in key order: concurrent upserts then lock in the same order and cannot deadlock.
+    upsert = pg_insert(ReviewRecord).values([rows[key] for key in sorted(rows)])
     table = ReviewRecord.__table__.c
     session.execute(
         upsert.on_conflict_do_update(
@@ -141,6 +144,7 @@ def _record_others(session: Session, rejections: Sequence[Rejection]) -> None:
             set_={
                 "occurrences": table.occurrences + upsert.excluded.occurrences,
                 "reason": upsert.excluded.reason,
+                "first_seen_at": sa.func.least(table.first_seen_at, upsert.excluded.first_seen_at),
                 "last_seen_at": sa.func.greatest(table.last_seen_at, upsert.excluded.last_seen_at),
             },
         )

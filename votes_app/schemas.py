@@ -49,6 +49,9 @@ class Vote(BaseModel):
     @field_validator("timestamp", mode="before")
     @classmethod
     def _timestamp_is_iso_with_zone(cls, value: object) -> datetime:
+        # Celery's JSON turns a Python producer's datetime into a tagged string and back.
+        if isinstance(value, datetime) and value.utcoffset() is not None:
+            return value
         if not isinstance(value, str):
             raise ValueError("must be an ISO 8601 string with a time zone")
         try:

@@ -1,0 +1,245 @@
+"""The Redis side on a real Redis: claim, release, duplicate counts, voter roll, pending tallies."""
+
+from __future__ import annotations
+
+import multiprocessing
+import uuid
+from collections import Counter
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+
+import pytest
+import redis
+
+from tests.conftest import TEST_REDIS_URL
+from tests.support import voter_hash
+from votes_app.ballot_box import (
+    VALID_HASHES,
+    VOTED_HASHES,
+    BallotBox,
+    Claim,
+    VoterRollMissing,
+    duplicate_count_key,
+    load_voters,
+    vote_state_key,
+    voter_roll_size,
+)
+from votes_app.tallies import PENDING, Tallies, TallyVote
+
+LAW = "law-001"
+ON_ROLL = [voter_hash(n, LAW) for n in range(1, 4)]
+OFF_ROLL = voter_hash(999, LAW)
+TTL = 3600
+
+
+@pytest.fixture
+def box(redis_client: redis.Redis) -> BallotBox:
+    return BallotBox(redis_client, state_ttl_seconds=TTL)
+
+
+@pytest.fixture
+def roll(redis_client: redis.Redis) -> list[str]:
+    for _ in load_voters(redis_client, ON_ROLL):
+        pass
+    return ON_ROLL
+
+
+def voted(client: redis.Redis) -> set[str]:
+    return set(client.smembers(VOTED_HASHES))  # type: ignore[arg-type]
+
+
+# --- claim --------------------------------------------------------------------------------
+
+
+def test_claim_outcomes(box: BallotBox, roll: list[str], redis_client: redis.Redis) -> None:
+    h = roll[0]
+
+    assert box.claim([(OFF_ROLL, "t-off")]) == [Claim.INVALID]
+    assert box.claim([(h, "t1")]) == [Claim.CLAIMED]
+    assert box.claim([(h, "t2")]) == [Claim.TAKEN]
+    # A redelivered message carries the same task id: it finishes its own vote.
+    assert box.claim([(h, "t1")]) == [Claim.CLAIMED]
+    assert voted(redis_client) == {h}
+
+
+def test_claims_in_one_round_trip_keep_their_order(box: BallotBox, roll: list[str]) -> None:
+    answers = box.claim([(roll[0], "t1"), (OFF_ROLL, "t2"), (roll[0], "t3"), (roll[1], "t4")])
+
+    assert answers == [Claim.CLAIMED, Claim.INVALID, Claim.TAKEN, Claim.CLAIMED]
+
+
+def test_missing_roll_raises_and_claims_nothing(box: BallotBox, redis_client: redis.Redis) -> None:
+    with pytest.raises(VoterRollMissing):
+        box.claim([(ON_ROLL[0], "t1"), (ON_ROLL[1], "t2")])
+
+    assert voted(redis_client) == set()
+    assert not redis_client.exists(vote_state_key(ON_ROLL[0]))
+
+
+# --- release ------------------------------------------------------------------------------
+
+
+def test_release_undoes_our_own_claim(
+    box: BallotBox, roll: list[str], redis_client: redis.Redis
+) -> None:
+    h = roll[0]
+    box.claim([(h, "t1")])
+
+    box.release([(h, "t1")])
+
+    assert voted(redis_client) == set()
+    assert box.claim([(h, "t2")]) == [Claim.CLAIMED]
+
+
+def test_release_leaves_another_tasks_claim(
+    box: BallotBox, roll: list[str], redis_client: redis.Redis
+) -> None:
+    h = roll[0]
+    box.claim([(h, "t1")])
+
+    box.release([(h, "t2")])
+
+    assert voted(redis_client) == {h}
+    assert box.claim([(h, "t2")]) == [Claim.TAKEN]
+    assert box.claim([(h, "t1")]) == [Claim.CLAIMED]
+
+
+def test_stale_release_after_a_new_claim_leaves_the_new_claim(
+    box: BallotBox, roll: list[str], redis_client: redis.Redis
+) -> None:
+    h = roll[0]
+    box.claim([(h, "t1")])
+    box.release([(h, "t1")])
+    box.claim([(h, "t2")])
+
+    # t1's retry releases again, late: the vote is t2's now.
+    box.release([(h, "t1")])
+
+    assert voted(redis_client) == {h}
+    assert box.claim([(h, "t3")]) == [Claim.TAKEN]
+    assert box.claim([(h, "t2")]) == [Claim.CLAIMED]
+
+
+# --- duplicates ---------------------------------------------------------------------------
+
+
+def test_duplicate_is_counted_once_per_task_id(box: BallotBox, redis_client: redis.Redis) -> None:
+    h = ON_ROLL[0]
+
+    first = box.count_duplicates([(h, "d1")])
+    redelivered = [box.count_duplicates([(h, "d1")]) for _ in range(3)]
+    second = box.count_duplicates([(h, "d2"), (h, "d2")])
+
+    assert first == [1]
+    assert redelivered == [[1]] * 3
+    assert second == [2, 2]
+    assert redis_client.get(duplicate_count_key(h)) == "2"
+    assert redis_client.get(duplicate_count_key(ON_ROLL[1])) is None
+
+
+# --- voter roll ---------------------------------------------------------------------------
+
+
+def test_load_voters_counts_new_and_present(redis_client: redis.Redis) -> None:
+    first = [voter_hash(n, LAW) for n in range(2_500)]
+    second = [voter_hash(n, LAW) for n in range(2_000, 3_000)]
+
+    trips = list(load_voters(redis_client, first, members_per_sadd=400, sadds_per_trip=3))
+    again = list(load_voters(redis_client, second, members_per_sadd=400, sadds_per_trip=3))
+
+    assert [sent for sent, _ in trips] == [1_200, 1_200, 100]
+    assert sum(new for _, new in trips) == len(first)
+    assert sum(sent for sent, _ in again) == len(second)
+    assert sum(new for _, new in again) == len(set(second) - set(first))
+    assert voter_roll_size(redis_client) == len(set(first) | set(second))
+    assert redis_client.sismember(VALID_HASHES, second[-1])
+
+
+# --- one voter, fifty workers -------------------------------------------------------------
+
+CONTENDERS = 50
+
+
+def claim_after_barrier(
+    vote_hash: str, task_id: str, barrier: Barrier, answers: Queue[tuple[str, str]]
+) -> None:
+    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    box = BallotBox(client, state_ttl_seconds=TTL)
+    # Connected, and the script in Redis's cache, before the barrier: then the claims race.
+    box.claim([(OFF_ROLL, f"{task_id}-warm-up")])
+    barrier.wait(timeout=30)
+    [claim] = box.claim([(vote_hash, task_id)])
+    answers.put((task_id, claim.value))
+
+
+def test_one_hash_claimed_by_fifty_processes_at_once(
+    roll: list[str], redis_client: redis.Redis
+) -> None:
+    h = roll[0]
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(CONTENDERS)
+    answers: Queue[tuple[str, str]] = context.Queue()
+    processes = [
+        context.Process(
+            target=claim_after_barrier, args=(h, f"task-{n}-{uuid.uuid4().hex}", barrier, answers)
+        )
+        for n in range(CONTENDERS)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        replies = [answers.get(timeout=60) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+
+    assert [process.exitcode for process in processes] == [0] * CONTENDERS
+    assert Counter(claim for _, claim in replies) == {"claimed": 1, "taken": CONTENDERS - 1}
+    [winner] = [task_id for task_id, claim in replies if claim == "claimed"]
+    assert redis_client.get(vote_state_key(h)) == f"claimed:{winner}"
+    assert voted(redis_client) == {h}
+    assert redis_client.scard(VOTED_HASHES) == 1
+
+
+# --- pending tallies ----------------------------------------------------------------------
+
+
+def pending(client: redis.Redis) -> dict[str, str]:
+    return dict(client.hgetall(PENDING))  # type: ignore[arg-type]
+
+
+def test_a_vote_is_added_to_pending_once(redis_client: redis.Redis) -> None:
+    tallies = Tallies(redis_client, state_ttl_seconds=TTL)
+    vote = TallyVote(vote_hash=ON_ROLL[0], law_id=LAW, choice="oui")
+
+    first = tallies.add_pending([vote, vote, vote])
+    again = tallies.add_pending([vote])
+
+    assert (first, again) == (1, 0)
+    assert pending(redis_client) == {f"{LAW}:oui": "1"}
+
+
+def test_a_claimed_vote_is_added_once(box: BallotBox, roll: list[str]) -> None:
+    # In the pipeline the claim has already written the vote's state key.
+    tallies = Tallies(box.redis, state_ttl_seconds=TTL)
+    box.claim([(roll[0], "t1")])
+    vote = TallyVote(vote_hash=roll[0], law_id=LAW, choice="non")
+
+    added = [tallies.add_pending([vote]) for _ in range(3)]
+
+    assert added == [1, 0, 0]
+    assert tallies.pending_counts() == {(LAW, "non"): 1}
+
+
+def test_pending_counts_per_law_and_choice(redis_client: redis.Redis) -> None:
+    tallies = Tallies(redis_client, state_ttl_seconds=TTL)
+    votes = [
+        TallyVote(vote_hash=voter_hash(n, law), law_id=law, choice=choice)
+        for n in range(60)
+        for law, choice in [(("law-001", "law-002")[n % 2], ("oui", "non", "oui")[n % 3])]
+    ]
+
+    added = tallies.add_pending(votes) + tallies.add_pending(votes[::-1])
+
+    assert added == len(votes)
+    assert tallies.pending_counts() == dict(Counter((v.law_id, v.choice) for v in votes))
