@@ -51,6 +51,16 @@ def recorders(*, session: Session, vote_hashes: Collection[str]) -> dict[str, st
     return {row.vote_hash: row.task_id for row in rows}
 
 
+def uncounted(*, session: Session) -> int:
+    """Recorded votes that no flush has counted yet (in flight, normally for a second)."""
+    return int(
+        session.scalar(
+            sa.select(sa.func.count()).select_from(VoteAudit).where(VoteAudit.tally_batch.is_(None))
+        )
+        or 0
+    )
+
+
 def counts_by_law(*, session: Session) -> dict[tuple[str, str], int]:
     """Accepted votes per `(law_id, choice)`, straight from the audit log."""
     rows = session.execute(

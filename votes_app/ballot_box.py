@@ -20,9 +20,9 @@ def duplicate_count_key(vote_hash: str) -> str:
     return f"duplicate_count:{vote_hash}"
 
 
-def vote_state_key(vote_hash: str) -> str:
-    """`claimed:<task id>` while a vote is being recorded, `tallied` once it is counted."""
-    return f"vote_state:{vote_hash}"
+def claim_key(vote_hash: str) -> str:
+    """The task id that claimed a vote, from the claim until its audit row is committed."""
+    return f"vote_claim:{vote_hash}"
 
 
 def duplicate_seen_key(task_id: str) -> str:
@@ -41,25 +41,31 @@ class VoterRollMissing(RuntimeError):
 
 # Check and claim in one step, so that two workers can never both claim one voter.
 _CLAIM = """
--- KEYS: valid_hashes, voted_hashes, vote_state:{hash}; ARGV: hash, task id, state ttl
+-- KEYS: valid_hashes, voted_hashes, vote_claim:{hash}; ARGV: hash, task id, claim ttl
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'roll_missing' end
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 'invalid' end
-local mine = 'claimed:' .. ARGV[2]
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
-    redis.call('SET', KEYS[3], mine, 'EX', ARGV[3])
+    redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
     return 'claimed'
 end
-if redis.call('GET', KEYS[3]) == mine then return 'claimed' end
+if redis.call('GET', KEYS[3]) == ARGV[2] then return 'claimed' end
 return 'taken'
 """
 
 # Undo a claim that could not be recorded, but only if it is still ours.
 _RELEASE = """
--- KEYS: voted_hashes, vote_state:{hash}; ARGV: hash, task id
-if redis.call('GET', KEYS[2]) ~= 'claimed:' .. ARGV[2] then return 0 end
+-- KEYS: voted_hashes, vote_claim:{hash}; ARGV: hash, task id
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 redis.call('SREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
+"""
+
+# Once the vote is in the audit log, PostgreSQL says whose it is: the claim can go.
+_FORGET = """
+-- KEYS: vote_claim:{hash}; ARGV: task id
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
 """
 
 # Count each duplicate message once, however often it is redelivered.
@@ -75,11 +81,12 @@ return tonumber(redis.call('GET', KEYS[1]) or '1')
 class BallotBox:
     """The claim scripts, registered once per Redis client and run pipelined."""
 
-    def __init__(self, client: redis.Redis, *, state_ttl_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, *, claim_ttl_seconds: int) -> None:
         self.redis = client
-        self.state_ttl = state_ttl_seconds
+        self.claim_ttl = claim_ttl_seconds
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._forget = client.register_script(_FORGET)
         self._count_duplicate = client.register_script(_COUNT_DUPLICATE)
 
     def claim(self, ballots: Sequence[tuple[str, str]]) -> list[Claim]:
@@ -87,8 +94,8 @@ class BallotBox:
         pipe = self.redis.pipeline(transaction=False)
         for vote_hash, task_id in ballots:
             self._claim(
-                keys=[VALID_HASHES, VOTED_HASHES, vote_state_key(vote_hash)],
-                args=[vote_hash, task_id, self.state_ttl],
+                keys=[VALID_HASHES, VOTED_HASHES, claim_key(vote_hash)],
+                args=[vote_hash, task_id, self.claim_ttl],
                 client=pipe,
             )
         answers = pipe.execute()
@@ -100,10 +107,17 @@ class BallotBox:
         pipe = self.redis.pipeline(transaction=False)
         for vote_hash, task_id in ballots:
             self._release(
-                keys=[VOTED_HASHES, vote_state_key(vote_hash)],
+                keys=[VOTED_HASHES, claim_key(vote_hash)],
                 args=[vote_hash, task_id],
                 client=pipe,
             )
+        pipe.execute()
+
+    def forget_claims(self, ballots: Sequence[tuple[str, str]]) -> None:
+        """Drop the claims of votes now recorded in PostgreSQL (memory, not correctness)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for vote_hash, task_id in ballots:
+            self._forget(keys=[claim_key(vote_hash)], args=[task_id], client=pipe)
         pipe.execute()
 
     def count_duplicates(self, ballots: Sequence[tuple[str, str]]) -> list[int]:
@@ -112,7 +126,7 @@ class BallotBox:
         for vote_hash, task_id in ballots:
             self._count_duplicate(
                 keys=[duplicate_count_key(vote_hash), duplicate_seen_key(task_id)],
-                args=[self.state_ttl],
+                args=[self.claim_ttl],
                 client=pipe,
             )
         return [int(count) for count in pipe.execute()]

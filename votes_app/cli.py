@@ -206,11 +206,13 @@ def reconcile() -> None:
 
 
 def run_reconcile() -> int:
+    from votes_app import audit
     from votes_app import reconcile as reconciliation
-    from votes_app.resources import get_tallies, session_scope
+    from votes_app.resources import session_scope
 
     with session_scope() as session:
         lines = reconciliation.compare(session=session)
+        uncounted = audit.uncounted(session=session)
     table = Table(title="Tallies against the audit log")
     for header in ("law", "choice", "vote_results", "vote_audit", "drift"):
         table.add_column(header, justify="left" if header in ("law", "choice") else "right")
@@ -229,10 +231,9 @@ def run_reconcile() -> int:
     if not drifting:
         console.print(f"reconciled: {sum(line.audited for line in lines):,} votes, no drift")
         return 0
-    pending = sum(get_tallies().pending_counts().values())
     console.print(f"[red]DRIFT[/red] on {len(drifting)} law/choice pairs")
-    if pending:
-        console.print(f"{pending:,} votes are still waiting for the next flush; run again after it")
+    if uncounted:
+        console.print(f"{uncounted:,} recorded votes await their flush; run again after it")
     return 1
 
 

@@ -35,9 +35,12 @@ class Settings(BaseSettings):
     validate_batch_size: int = Field(default=100, ge=1, le=10_000)
     validate_batch_ms: int = Field(default=50, ge=1)
     flush_interval_seconds: float = Field(default=1.0, gt=0)
-    # How long Redis remembers who claimed a vote and that it was tallied: far longer than
-    # any redelivery takes; PostgreSQL is the arbiter after that.
-    vote_state_ttl_seconds: int = Field(default=86_400, ge=60)
+    # How long Redis keeps a claim whose vote was never recorded (its worker died), and
+    # the marks that count each duplicate message once: far longer than any redelivery.
+    claim_ttl_seconds: int = Field(default=86_400, ge=60)
+    # A recorded vote still uncounted after this long is counted by the next flush even if
+    # its aggregation message never arrives (or Redis forgot it).
+    tally_straggler_seconds: float = Field(default=60.0, gt=0)
     max_clock_skew_seconds: int = Field(default=300, ge=0)
     retry_backoff_max_seconds: int = Field(default=60, ge=1)
     max_retries: int = Field(default=25, ge=0)

@@ -37,7 +37,7 @@ from votes_app.cli import (
     run_reconcile,
 )
 from votes_app.config import get_settings
-from votes_app.models import Base, DuplicateAttempt, ReviewRecord, VoteAudit
+from votes_app.models import DuplicateAttempt, ReviewRecord, VoteAudit
 from votes_app.producer import publish_in_parallel
 from votes_app.resources import get_engine, get_redis, session_scope
 
@@ -95,13 +95,13 @@ def make_ballots(scenario: Scenario, seed: int = 2026) -> Ballots:
 
 
 def reset_namespace() -> None:
-    """Migrate the demo database and empty it, the demo's Redis index and its queues."""
+    """Rebuild the demo database from the migrations; empty its Redis index and queues."""
+    with get_engine().begin() as connection:
+        connection.execute(sa.text("DROP SCHEMA public CASCADE"))
+        connection.execute(sa.text("CREATE SCHEMA public"))
     config = Config(str(REPO / "alembic.ini"))
     config.attributes["configure_logger"] = False
     command.upgrade(config, "head")
-    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
-    with get_engine().begin() as connection:
-        connection.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY"))
     get_redis().flushdb()
     with app.connection_for_write() as connection:
         channel: Any = connection.default_channel

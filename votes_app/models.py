@@ -39,6 +39,12 @@ class VoteAudit(Base):
         sa.CheckConstraint(HASH_CHECK, name="vote_hash_hex"),
         sa.CheckConstraint(LAW_ID_CHECK, name="law_id_format"),
         sa.CheckConstraint(CHOICE_CHECK, name="choice_valid"),
+        # The votes not yet in vote_results: few at any moment, found fast by the flush.
+        sa.Index(
+            "ix_vote_audit_untallied",
+            "recorded_at",
+            postgresql_where=sa.text("tally_batch IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
@@ -49,6 +55,9 @@ class VoteAudit(Base):
     recorded_at: Mapped[datetime] = created_now()
     # The Celery task id that recorded the vote: a redelivered message recognises its own row.
     task_id: Mapped[str] = mapped_column(sa.String(255))
+    # The flush batch that counted this vote in vote_results; NULL until then. Marking it in
+    # the flush's own transaction is what makes counting a vote twice impossible.
+    tally_batch: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class VoteResult(Base):

@@ -61,9 +61,9 @@ def forget_inherited_connections() -> None:
 
 @lru_cache
 def get_ballot_box() -> BallotBox:
-    return BallotBox(get_redis(), state_ttl_seconds=get_settings().vote_state_ttl_seconds)
+    return BallotBox(get_redis(), claim_ttl_seconds=get_settings().claim_ttl_seconds)
 
 
 @lru_cache
 def get_tallies() -> Tallies:
-    return Tallies(get_redis(), state_ttl_seconds=get_settings().vote_state_ttl_seconds)
+    return Tallies(get_redis())

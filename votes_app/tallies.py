@@ -1,12 +1,20 @@
-"""Live tallies: pending counters in Redis, flushed in batches into `vote_results`."""
+"""Live tallies: votes pending in Redis, flushed in batches into `vote_results`.
+
+Redis only says which recorded votes to count next; PostgreSQL decides whether a vote has
+been counted. A flush marks each vote's audit row with its batch id and adds the marked
+rows to `vote_results` in one transaction, so a vote is counted once however often its
+aggregation message comes back, whatever Redis forgets, and however many flushes run.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import cast
+from datetime import timedelta
+from typing import Any
 
 import redis
 import sqlalchemy as sa
@@ -14,27 +22,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from votes_app.ballot_box import vote_state_key
-from votes_app.models import TallyBatch, VoteResult
+from votes_app.models import TallyBatch, VoteAudit, VoteResult
 from votes_app.schemas import Choice
 
-PENDING = "tallies:pending"
-FLUSHING = "tallies:flushing"
+PENDING = "tallies:pending"  # SET of vote hashes recorded but not yet flushed
+FLUSHING = "tallies:flushing"  # the same, taken aside by a flush
 FLUSHING_BATCH_ID = "tallies:flushing:batch_id"
 
 CHOICES = ("oui", "non")
+# Votes marked per statement: bounds the size of one statement, not of a batch.
+MARK_CHUNK = 20_000
 
-# Add a vote to the pending counters at most once, however often its message comes back.
-_ADD = """
--- KEYS: vote_state:{hash}, tallies:pending; ARGV: field, state ttl
-if redis.call('GET', KEYS[1]) == 'tallied' then return 0 end
-redis.call('SET', KEYS[1], 'tallied', 'EX', ARGV[2])
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-return 1
-"""
-
-# Move the pending counters aside under a batch id. A batch left by a crashed flush is
-# handed out again, with its old id, before anything new.
+# Move the pending votes aside under a batch id. A batch left by a crashed flush is handed
+# out again, with its old id, before anything new.
 _TAKE = """
 -- KEYS: tallies:pending, tallies:flushing, tallies:flushing:batch_id; ARGV: new batch id
 if redis.call('EXISTS', KEYS[2]) == 0 then
@@ -42,7 +42,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
     redis.call('RENAME', KEYS[1], KEYS[2])
     redis.call('SET', KEYS[3], ARGV[1])
 end
-return {redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[2])}
+return {redis.call('GET', KEYS[3]), redis.call('SMEMBERS', KEYS[2])}
 """
 
 # Forget a batch once PostgreSQL has it, unless another flush already did.
@@ -67,128 +67,192 @@ class TallyVote(BaseModel):
 @dataclass(frozen=True, slots=True)
 class PendingBatch:
     batch_id: str
-    counts: dict[tuple[str, str], int]  # (law_id, choice) -> votes
-
-    @property
-    def vote_count(self) -> int:
-        return sum(self.counts.values())
-
-    def rows(self) -> list[dict[str, object]]:
-        """One `vote_results` increment per law, in law order (a fixed lock order)."""
-        laws = sorted({law_id for law_id, _ in self.counts})
-        return [
-            {
-                "law_id": law_id,
-                "oui_count": self.counts.get((law_id, "oui"), 0),
-                "non_count": self.counts.get((law_id, "non"), 0),
-            }
-            for law_id in laws
-        ]
+    vote_hashes: list[str]
 
 
 @dataclass(frozen=True, slots=True)
 class FlushResult:
     batch_id: str
-    vote_count: int
-    law_count: int
+    offered: int  # votes taken from Redis
+    counted: dict[tuple[str, str], int]  # (law_id, choice) -> votes added to vote_results
     applied: bool  # False when PostgreSQL already had this batch
+
+    @property
+    def vote_count(self) -> int:
+        return sum(self.counted.values())
 
 
 class Tallies:
-    """The pending counters in Redis and their scripts."""
+    """The pending votes in Redis and their scripts."""
 
-    def __init__(self, client: redis.Redis, *, state_ttl_seconds: int) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self.state_ttl = state_ttl_seconds
-        self._add = client.register_script(_ADD)
         self._take = client.register_script(_TAKE)
         self._finish = client.register_script(_FINISH)
 
     def add_pending(self, votes: Sequence[TallyVote]) -> int:
-        """Count each vote once in the pending tallies; how many were new."""
-        pipe = self.redis.pipeline(transaction=False)
-        for vote in votes:
-            self._add(
-                keys=[vote_state_key(vote.vote_hash), PENDING],
-                args=[f"{vote.law_id}:{vote.choice}", self.state_ttl],
-                client=pipe,
-            )
-        return sum(int(added) for added in pipe.execute())
+        """Queue votes for the next flush; a vote already pending is not added twice."""
+        if not votes:
+            return 0
+        return int(self.redis.sadd(PENDING, *(vote.vote_hash for vote in votes)))
 
     def take_pending(self) -> PendingBatch | None:
         answer = self._take(keys=[PENDING, FLUSHING, FLUSHING_BATCH_ID], args=[uuid.uuid4().hex])
         if not answer:
             return None
-        batch_id, flat = answer
-        return PendingBatch(batch_id=batch_id, counts=_parse_counts(flat))
+        batch_id, vote_hashes = answer
+        return PendingBatch(batch_id=batch_id, vote_hashes=list(vote_hashes))
 
     def finish(self, batch: PendingBatch) -> None:
         self._finish(keys=[FLUSHING, FLUSHING_BATCH_ID], args=[batch.batch_id])
 
-    def pending_counts(self) -> dict[tuple[str, str], int]:
-        """What waits for the next flush (both pending and a batch being flushed)."""
-        counts = _parse_counts(cast(dict[str, str], self.redis.hgetall(PENDING)))
-        flushing = cast(dict[str, str], self.redis.hgetall(FLUSHING))
-        for key, value in _parse_counts(flushing).items():
-            counts[key] = counts.get(key, 0) + value
-        return counts
+    def pending_count(self) -> int:
+        """Votes waiting for a flush (pending, or in a batch being flushed)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.scard(PENDING)
+        pipe.scard(FLUSHING)
+        return sum(int(n) for n in pipe.execute())
 
 
-def _parse_counts(flat: Iterable[str] | dict[str, str]) -> dict[tuple[str, str], int]:
-    items = flat.items() if isinstance(flat, dict) else zip(*[iter(flat)] * 2, strict=True)
-    counts: dict[tuple[str, str], int] = {}
-    for field, value in items:
-        law_id, _, choice = field.rpartition(":")
-        counts[(law_id, choice)] = int(value)
-    return counts
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
-def apply_batch(*, session: Session, batch: PendingBatch) -> bool:
-    """Add a batch to `vote_results` unless it was added before; True if it was applied now.
+def _count_marked(session: Session, marked: Any) -> Counter[tuple[str, str]]:
+    """Add the rows of the `marked` CTE to `vote_results` (one upsert); what it added."""
+    per_law = (
+        sa.select(
+            marked.c.law_id,
+            sa.func.count().filter(marked.c.choice == "oui").label("oui_count"),
+            sa.func.count().filter(marked.c.choice == "non").label("non_count"),
+        )
+        .group_by(marked.c.law_id)
+        # Law order: concurrent flushes lock vote_results rows in the same order.
+        .order_by(marked.c.law_id)
+        .cte("per_law")
+    )
+    upsert = pg_insert(VoteResult).from_select(
+        ["law_id", "oui_count", "non_count"], sa.select(per_law)
+    )
+    upserted = (
+        upsert.on_conflict_do_update(
+            index_elements=[VoteResult.law_id],
+            set_={
+                "oui_count": VoteResult.oui_count + upsert.excluded.oui_count,
+                "non_count": VoteResult.non_count + upsert.excluded.non_count,
+                "updated_at": sa.func.now(),
+            },
+        )
+        .returning(VoteResult.law_id)
+        .cte("upserted")
+    )
+    # One statement: mark, group, upsert, and read back what was added. PostgreSQL runs a
+    # data-modifying WITH to completion whether or not the outer query reads it.
+    added = session.execute(sa.select(per_law).add_cte(upserted))
+    counted: Counter[tuple[str, str]] = Counter()
+    for law_id, oui, non in added:
+        counted[(law_id, "oui")] += oui
+        counted[(law_id, "non")] += non
+    return +counted
 
-    The batch id goes into `tally_batches` in the same transaction as the upsert: a flush
-    that crashed after its commit, or a second beat flushing the same batch, finds the id
-    there and adds nothing.
+
+def _mark(batch_id: str) -> sa.Update:
+    return (
+        sa.update(VoteAudit)
+        .values(tally_batch=batch_id)
+        .where(VoteAudit.tally_batch.is_(None))
+        .returning(VoteAudit.law_id, VoteAudit.choice)
+    )
+
+
+def apply_batch(
+    *, session: Session, batch: PendingBatch, straggler_age: timedelta | None = None
+) -> Counter[tuple[str, str]] | None:
+    """Count the batch's votes in `vote_results`, each vote at most once ever.
+
+    Returns what was added per law and choice, or None when this batch id was applied
+    before (a flush that crashed after its commit, or a second beat flushing the same
+    batch). The batch id is recorded in `tally_batches` in the same transaction.
+
+    With `straggler_age`, votes recorded longer ago than that and still uncounted are
+    counted too, whether or not Redis still lists them: an aggregation message that never
+    came, or a Redis that restarted empty, delays a vote but cannot drop it.
     """
     first_time = session.scalar(
         pg_insert(TallyBatch)
-        .values(batch_id=batch.batch_id, vote_count=batch.vote_count)
+        .values(batch_id=batch.batch_id, vote_count=0)
         .on_conflict_do_nothing()
         .returning(TallyBatch.batch_id)
     )
     if first_time is None:
-        return False
-    rows = batch.rows()
-    if rows:
-        upsert = pg_insert(VoteResult).values(rows)
-        session.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[VoteResult.law_id],
-                set_={
-                    "oui_count": VoteResult.oui_count + upsert.excluded.oui_count,
-                    "non_count": VoteResult.non_count + upsert.excluded.non_count,
-                    "updated_at": sa.func.now(),
-                },
+        return None
+    counted: Counter[tuple[str, str]] = Counter()
+    for hashes in _chunks(sorted(batch.vote_hashes), MARK_CHUNK):
+        marked = _mark(batch.batch_id).where(VoteAudit.vote_hash.in_(hashes)).cte("marked")
+        counted += _count_marked(session, marked)
+    if straggler_age is not None:
+        stragglers = (
+            sa.select(VoteAudit.id)
+            .where(
+                VoteAudit.tally_batch.is_(None),
+                VoteAudit.recorded_at < sa.func.now() - straggler_age,
+            )
+            .limit(MARK_CHUNK)
+            # Another flush sweeping at the same moment takes other rows instead of waiting.
+            .with_for_update(skip_locked=True)
+        )
+        marked = _mark(batch.batch_id).where(VoteAudit.id.in_(stragglers)).cte("marked")
+        counted += _count_marked(session, marked)
+    session.execute(
+        sa.update(TallyBatch)
+        .where(TallyBatch.batch_id == batch.batch_id)
+        .values(vote_count=sum(counted.values()))
+    )
+    return counted
+
+
+def has_stragglers(
+    session_scope: Callable[[], AbstractContextManager[Session]], straggler_age: timedelta
+) -> bool:
+    with session_scope() as session:
+        return bool(
+            session.scalar(
+                sa.select(sa.literal(True))
+                .where(
+                    VoteAudit.tally_batch.is_(None),
+                    VoteAudit.recorded_at < sa.func.now() - straggler_age,
+                )
+                .limit(1)
             )
         )
-    return True
 
 
 def flush(
-    *, tallies: Tallies, session_scope: Callable[[], AbstractContextManager[Session]]
+    *,
+    tallies: Tallies,
+    session_scope: Callable[[], AbstractContextManager[Session]],
+    straggler_age: timedelta | None = None,
 ) -> FlushResult | None:
-    """Take the pending tallies, apply them once, then forget them; None if nothing pends."""
+    """Take the pending votes, count them once, then forget them.
+
+    None when there was nothing to do: no votes pending and, if `straggler_age` is given,
+    no straggler found either.
+    """
     batch = tallies.take_pending()
     if batch is None:
-        return None
+        if straggler_age is None or not has_stragglers(session_scope, straggler_age):
+            return None
+        batch = PendingBatch(batch_id=uuid.uuid4().hex, vote_hashes=[])
     with session_scope() as session:
-        applied = apply_batch(session=session, batch=batch)
-    tallies.finish(batch)
+        counted = apply_batch(session=session, batch=batch, straggler_age=straggler_age)
+    if batch.vote_hashes:
+        tallies.finish(batch)
     return FlushResult(
         batch_id=batch.batch_id,
-        vote_count=batch.vote_count,
-        law_count=len(batch.rows()),
-        applied=applied,
+        offered=len(batch.vote_hashes),
+        counted=dict(counted or {}),
+        applied=counted is not None,
     )
 
 

@@ -167,13 +167,17 @@ def aggregate_vote(self: Task[..., None], votes: list[dict[str, Any]]) -> None:
 @app.task(bind=True, name="votes_app.flush_tallies", **RETRY_POLICY)
 def flush_tallies(self: Task[..., None]) -> None:
     """Apply the pending tallies to `vote_results`, exactly once per batch."""
-    result = tallies.flush(tallies=get_tallies(), session_scope=session_scope)
+    result = tallies.flush(
+        tallies=get_tallies(),
+        session_scope=session_scope,
+        straggler_age=timedelta(seconds=settings.tally_straggler_seconds),
+    )
     if result is not None:
         logger.info(
-            "tallies flushed batch=%s votes=%d laws=%d applied=%s",
+            "tallies flushed batch=%s offered=%d counted=%d applied=%s",
             result.batch_id,
+            result.offered,
             result.vote_count,
-            result.law_count,
             result.applied,
         )
 

@@ -107,6 +107,8 @@ def validate(
     recorded += [b for b in unsettled if recorders.get(b.vote.vote_hash) == b.task_id]
     # A message delivered twice in one list records its vote once.
     outcome.recorded = list({b.vote.vote_hash: b for b in recorded}.values())
+    if claimed:
+        ballot_box.forget_claims([b.key for b in claimed])
     duplicates = [b for b in unsettled if recorders.get(b.vote.vote_hash) != b.task_id]
     if duplicates:
         attempts = ballot_box.count_duplicates([b.key for b in duplicates])

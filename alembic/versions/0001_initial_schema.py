@@ -58,12 +58,14 @@ def upgrade() -> None:
     sa.Column('voted_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('recorded_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('task_id', sa.String(length=255), nullable=False),
+    sa.Column('tally_batch', sa.String(length=64), nullable=True),
     sa.CheckConstraint("choice IN ('oui', 'non')", name=op.f('ck_vote_audit_choice_valid')),
     sa.CheckConstraint("law_id ~ '^[A-Za-z0-9._-]{1,50}$'", name=op.f('ck_vote_audit_law_id_format')),
     sa.CheckConstraint("vote_hash ~ '^[0-9a-f]{64}$'", name=op.f('ck_vote_audit_vote_hash_hex')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_vote_audit')),
     sa.UniqueConstraint('vote_hash', name=op.f('uq_vote_audit_vote_hash'))
     )
+    op.create_index('ix_vote_audit_untallied', 'vote_audit', ['recorded_at'], unique=False, postgresql_where=sa.text('tally_batch IS NULL'))
     op.create_table('vote_results',
     sa.Column('law_id', sa.String(length=50), nullable=False),
     sa.Column('oui_count', sa.BigInteger(), server_default='0', nullable=False),
@@ -97,6 +99,7 @@ def downgrade() -> None:
     op.execute("DROP VIEW vote_statistics")
     op.drop_table('vote_review')
     op.drop_table('vote_results')
+    op.drop_index('ix_vote_audit_untallied', table_name='vote_audit', postgresql_where=sa.text('tally_batch IS NULL'))
     op.drop_table('vote_audit')
     op.drop_table('tally_batches')
     op.drop_table('duplicate_attempts')
