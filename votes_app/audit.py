@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -49,6 +49,13 @@ def recorders(*, session: Session, vote_hashes: Collection[str]) -> dict[str, st
         )
     )
     return {row.vote_hash: row.task_id for row in rows}
+
+
+def recorded_hashes(*, session: Session, chunk_size: int = 10_000) -> Iterator[str]:
+    """Every hash in the audit log, streamed with a server-side cursor."""
+    yield from session.scalars(
+        sa.select(VoteAudit.vote_hash).execution_options(yield_per=chunk_size)
+    )
 
 
 def uncounted(*, session: Session) -> int:

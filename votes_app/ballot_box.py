@@ -139,24 +139,35 @@ def batched(items: Iterable[T], size: int) -> Iterator[tuple[T, ...]]:
         yield chunk
 
 
-def load_voters(
+def add_to_set(
     client: redis.Redis,
-    hashes: Iterable[str],
+    key: str,
+    members: Iterable[str],
     *,
     members_per_sadd: int = 1_000,
     sadds_per_trip: int = 10,
 ) -> Iterator[tuple[int, int]]:
-    """Add hashes to the voter roll: pipelined SADDs, `sadds_per_trip` per round trip.
+    """Add members to a Redis set: pipelined SADDs, `sadds_per_trip` per round trip.
 
-    Yields `(hashes sent, hashes new)` per round trip so that callers can show progress.
-    Adding a hash twice is harmless: SADD counts only the new ones.
+    Yields `(members sent, members new)` per round trip so that callers can show progress.
+    Adding a member twice is harmless: SADD counts only the new ones.
     """
-    for trip in batched(batched(hashes, members_per_sadd), sadds_per_trip):
+    for trip in batched(batched(members, members_per_sadd), sadds_per_trip):
         pipe = client.pipeline(transaction=False)
-        for members in trip:
-            pipe.sadd(VALID_HASHES, *members)
+        for chunk in trip:
+            pipe.sadd(key, *chunk)
         added = pipe.execute()
-        yield sum(len(members) for members in trip), sum(int(n) for n in added)
+        yield sum(len(chunk) for chunk in trip), sum(int(n) for n in added)
+
+
+def load_voters(client: redis.Redis, hashes: Iterable[str]) -> Iterator[tuple[int, int]]:
+    """Add hashes to the voter roll (`valid_hashes`); see `add_to_set`."""
+    return add_to_set(client, VALID_HASHES, hashes)
+
+
+def restore_voted(client: redis.Redis, hashes: Iterable[str]) -> Iterator[tuple[int, int]]:
+    """Put recorded voters back into `voted_hashes` (after Redis lost it); see `add_to_set`."""
+    return add_to_set(client, VOTED_HASHES, hashes)
 
 
 def voter_roll_size(client: redis.Redis) -> int:

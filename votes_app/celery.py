@@ -20,14 +20,19 @@ VOTES_EXCHANGE = Exchange("votes", type="direct", durable=True)
 DEAD_EXCHANGE = Exchange(DEAD, type="fanout", durable=True)
 DEAD_QUEUE = Queue(DEAD, DEAD_EXCHANGE, durable=True)
 
-# A message rejected without requeue (unknown task, undecodable, failed for good) is
-# dead-lettered by RabbitMQ into votes.dead instead of vanishing.
-DEAD_LETTERING = {"x-dead-letter-exchange": DEAD}
 
-TASK_QUEUES = tuple(
-    Queue(name, VOTES_EXCHANGE, routing_key=name, durable=True, queue_arguments=DEAD_LETTERING)
-    for name in (VALIDATION, AGGREGATION, REVIEW)
-)
+def task_queues(settings: Settings) -> tuple[Queue, ...]:
+    # A message rejected without requeue (unknown task, undecodable, failed for good) is
+    # dead-lettered by RabbitMQ into votes.dead instead of vanishing.
+    arguments: dict[str, Any] = {"x-dead-letter-exchange": DEAD}
+    if settings.queue_type == "quorum":
+        # Quorum queues count deliveries themselves and dead-letter past the limit.
+        arguments |= {"x-queue-type": "quorum", "x-delivery-limit": settings.max_redeliveries}
+    return tuple(
+        Queue(name, VOTES_EXCHANGE, routing_key=name, durable=True, queue_arguments=arguments)
+        for name in (VALIDATION, AGGREGATION, REVIEW)
+    )
+
 
 TASK_ROUTES = {
     "votes_app.validate_vote": {"queue": VALIDATION},
@@ -59,7 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # With late acks a task cut off by a lost connection is redelivered anyway; cancel it
         # rather than let it finish and try to acknowledge on a dead channel.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_queues": TASK_QUEUES,
+        "task_queues": task_queues(settings),
+        "worker_consumer": "votes_app.consumer:VotesConsumer",
         "task_routes": TASK_ROUTES,
         "task_default_exchange": VOTES_EXCHANGE.name,
         "task_default_queue": VALIDATION,

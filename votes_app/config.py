@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,11 @@ class Settings(BaseSettings):
     # unacknowledged while it fills the next.
     worker_prefetch_multiplier: int = Field(default=200, ge=1)
     broker_confirm_publish: bool = True
+    # "quorum" declares the work queues as quorum queues (replicated on a RabbitMQ
+    # cluster); existing queues keep the type they were declared with.
+    queue_type: Literal["classic", "quorum"] = "classic"
+    # A message that keeps coming back (its worker dies on it each time) goes to votes.dead.
+    max_redeliveries: int = Field(default=10, ge=1)
 
     # Pipeline behaviour.
     validate_batch_size: int = Field(default=100, ge=1, le=10_000)

@@ -34,6 +34,7 @@ class Rejection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     verdict: Verdict
+    task_id: str | None = Field(default=None, max_length=255)
     reason: str = Field(max_length=REASON_MAX)
     seen_at: datetime
     vote_hash: str | None = Field(default=None, max_length=64)

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 from celery.utils.time import get_exponential_backoff_interval
 from celery_batches import SimpleRequest
 from kombu.exceptions import OperationalError as BrokerError
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from redis import exceptions as redis_exc
 from sqlalchemy import exc as sa_exc
 
-from votes_app import review, tallies, validation
+from votes_app import dead_letters, review, tallies, validation
 from votes_app.ballot_box import VoterRollMissing
 from votes_app.batching import SettledBatches
 from votes_app.celery import app
 from votes_app.config import get_settings
-from votes_app.resources import get_ballot_box, get_tallies, session_scope
-from votes_app.schemas import Submission, utcnow
+from votes_app.resources import get_ballot_box, get_redis, get_tallies, session_scope
+from votes_app.schemas import Submission, describe_errors, utcnow
 
 logger = get_task_logger(__name__)
 settings = get_settings()
@@ -53,6 +56,55 @@ def short(vote_hash: str) -> str:
     return vote_hash[:8]
 
 
+def describe(exc: Exception) -> str:
+    """One line on why something failed, without the offending values."""
+    if isinstance(exc, ValidationError):
+        return "invalid message: " + describe_errors(exc)
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first_line}"
+
+
+def send_to_dead(task_id: str, reason: str) -> str:
+    """Note why a message goes to votes.dead (best effort: Redis may be the problem)."""
+    logger.error("task %s to votes.dead: %s", task_id, reason)
+    with contextlib.suppress(redis_exc.RedisError):
+        dead_letters.remember_reason(
+            get_redis(), task_id, reason, ttl_seconds=settings.claim_ttl_seconds
+        )
+    return task_id
+
+
+def too_often_redelivered(task_id: str, delivery_info: Mapping[str, Any] | None) -> bool:
+    """True for a message that came back more than MAX_REDELIVERIES times.
+
+    A message that kills its worker process is requeued by task_reject_on_worker_lost and
+    would kill the next one too, forever; past the bound it goes to votes.dead instead.
+    """
+    if not (delivery_info or {}).get("redelivered"):
+        return False
+    try:
+        count = dead_letters.count_redelivery(
+            get_redis(), task_id, ttl_seconds=settings.claim_ttl_seconds
+        )
+    except redis_exc.RedisError:
+        return False  # Redis down: the vote itself will wait for it anyway
+    return count > settings.max_redeliveries
+
+
+class VotesTask(Task):  # type: ignore[type-arg]
+    """A task whose message goes to votes.dead, with its reason noted, when it cannot succeed."""
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        if too_often_redelivered(task_id, self.request.delivery_info):
+            send_to_dead(task_id, f"redelivered more than {settings.max_redeliveries} times")
+            raise Reject("too many redeliveries", requeue=False)
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # task_acks_on_failure_or_timeout=False: Celery rejects the message, RabbitMQ
+        # dead-letters it.
+        send_to_dead(task_id, describe(exc))
+
+
 @app.task(
     base=SettledBatches,
     bind=True,
@@ -72,6 +124,17 @@ def validate_vote(self: SettledBatches, requests: list[SimpleRequest]) -> list[s
 
 
 def settle(task: SettledBatches, requests: list[SimpleRequest]) -> list[str]:
+    dead = [
+        send_to_dead(r.id, f"redelivered more than {settings.max_redeliveries} times")
+        for r in requests
+        if too_often_redelivered(r.id, r.delivery_info)
+    ]
+    if dead:
+        requests = [r for r in requests if r.id not in dead]
+    return dead + _settle(task, requests) if requests else dead
+
+
+def _settle(task: SettledBatches, requests: list[SimpleRequest]) -> list[str]:
     submissions = [Submission(task_id=r.id, args=r.args, kwargs=r.kwargs) for r in requests]
     try:
         outcome = validation.validate(
@@ -89,13 +152,13 @@ def settle(task: SettledBatches, requests: list[SimpleRequest]) -> list[str]:
     except TRANSIENT_ERRORS as exc:
         logger.warning("retrying %d votes after %s", len(requests), type(exc).__name__)
         return retry_later(task, requests)
-    except Exception:
+    except Exception as exc:
         if len(requests) == 1:
-            logger.exception("vote task %s failed: to votes.dead", requests[0].id)
-            return [requests[0].id]
+            logger.exception("vote task %s failed", requests[0].id)
+            return [send_to_dead(requests[0].id, describe(exc))]
         # One bad message must not take its batch with it: settle them one by one.
         logger.exception("batch of %d failed: settling its votes one by one", len(requests))
-        return [dead for request in requests for dead in settle(task, [request])]
+        return [dead for request in requests for dead in _settle(task, [request])]
     return []
 
 
@@ -110,8 +173,7 @@ def retry_later(
         if hold:
             countdown = settings.roll_missing_retry_seconds
         elif retries > settings.max_retries:
-            logger.error("vote task %s out of retries: to votes.dead", request.id)
-            dead.append(request.id)
+            dead.append(send_to_dead(request.id, f"out of retries ({settings.max_retries})"))
             continue
         else:
             countdown = get_exponential_backoff_interval(
@@ -128,9 +190,8 @@ def retry_later(
                 countdown=countdown,
                 retries=retries,
             )
-        except Exception:
-            logger.exception("could not publish the retry of %s: to votes.dead", request.id)
-            dead.append(request.id)
+        except Exception as exc:
+            dead.append(send_to_dead(request.id, f"retry not published: {exc}"))
     return dead
 
 
@@ -146,25 +207,29 @@ def hand_on(outcome: validation.Outcome) -> None:
         )
     for ballot in outcome.recorded:
         logger.info(
-            "vote recorded hash=%s law=%s", short(ballot.vote.vote_hash), ballot.vote.law_id
+            "vote recorded task=%s hash=%s law=%s",
+            ballot.task_id,
+            short(ballot.vote.vote_hash),
+            ballot.vote.law_id,
         )
     for rejection in outcome.rejections:
         logger.info(
-            "vote refused verdict=%s hash=%s reason=%s",
+            "vote refused task=%s verdict=%s hash=%s reason=%s",
+            rejection.task_id,
             rejection.verdict,
             short(rejection.vote_hash or "-"),
             rejection.reason,
         )
 
 
-@app.task(bind=True, name="votes_app.aggregate_vote", **RETRY_POLICY)
+@app.task(base=VotesTask, bind=True, name="votes_app.aggregate_vote", **RETRY_POLICY)
 def aggregate_vote(self: Task[..., None], votes: list[dict[str, Any]]) -> None:
     """Add recorded votes to the pending tallies, each at most once."""
     added = get_tallies().add_pending(_tally_votes.validate_python(votes))
     logger.info("tallies pending +%d of %d", added, len(votes))
 
 
-@app.task(bind=True, name="votes_app.flush_tallies", **RETRY_POLICY)
+@app.task(base=VotesTask, bind=True, name="votes_app.flush_tallies", **RETRY_POLICY)
 def flush_tallies(self: Task[..., None]) -> None:
     """Apply the pending tallies to `vote_results`, exactly once per batch."""
     result = tallies.flush(
@@ -182,7 +247,7 @@ def flush_tallies(self: Task[..., None]) -> None:
         )
 
 
-@app.task(bind=True, name="votes_app.record_review", **RETRY_POLICY)
+@app.task(base=VotesTask, bind=True, name="votes_app.record_review", **RETRY_POLICY)
 def record_review(self: Task[..., None], rejections: list[dict[str, Any]]) -> None:
     """Store refused submissions for review."""
     with session_scope() as session:

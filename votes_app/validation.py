@@ -47,6 +47,7 @@ def judge(
             rejections.append(
                 Rejection(
                     verdict=Verdict.MALFORMED,
+                    task_id=submission.task_id,
                     reason=clip(exc.reason),
                     seen_at=now,
                     sample=sample_of(submission.args, submission.kwargs),
@@ -82,6 +83,7 @@ def validate(
     outcome.rejections += [
         Rejection(
             verdict=Verdict.INVALID,
+            task_id=b.task_id,
             reason="voter hash is not on the voter roll",
             seen_at=now,
             vote_hash=b.vote.vote_hash,
@@ -115,6 +117,7 @@ def validate(
         outcome.rejections += [
             Rejection(
                 verdict=Verdict.DUPLICATE,
+                task_id=b.task_id,
                 reason="voter hash has already voted",
                 seen_at=now,
                 vote_hash=b.vote.vote_hash,

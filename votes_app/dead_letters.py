@@ -1,0 +1,180 @@
+"""Messages that cannot be processed: the redelivery bound, and votes.dead, listed and replayed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from kombu import Connection
+from kombu.message import Message
+
+from votes_app.celery import DEAD, VOTES_EXCHANGE, declare_dead_letters
+
+PREVIEW_MAX = 160
+PRIVATE_FIELDS = frozenset({"citizen_id"})
+
+
+def deliveries_key(task_id: str) -> str:
+    return f"deliveries:{task_id}"
+
+
+def reason_key(task_id: str) -> str:
+    return f"dead_reason:{task_id}"
+
+
+def count_redelivery(client: redis.Redis, task_id: str, *, ttl_seconds: int) -> int:
+    """How many times this message has come back; RabbitMQ's classic queues do not count."""
+    pipe = client.pipeline(transaction=False)
+    pipe.incr(deliveries_key(task_id))
+    pipe.expire(deliveries_key(task_id), ttl_seconds)
+    count, _ = pipe.execute()
+    return int(count)
+
+
+def remember_reason(client: redis.Redis, task_id: str, reason: str, *, ttl_seconds: int) -> None:
+    """Keep why a message was sent to votes.dead, for `votes dead list`."""
+    client.set(reason_key(task_id), reason[:500], ex=ttl_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    task_id: str
+    task: str
+    queue: str
+    reason: str
+    deaths: int
+    died_at: datetime | None
+    preview: str
+
+
+def _first_death(message: Any) -> dict[str, Any]:
+    deaths = (message.headers or {}).get("x-death") or [{}]
+    return dict(deaths[0])
+
+
+def _preview(message: Any) -> str:
+    try:
+        body = json.loads(message.body)
+    except (TypeError, ValueError):
+        return repr(message.body[:PREVIEW_MAX])
+    if isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict):
+        # A Celery message: [args, kwargs, embed]. Leave the voter's identity out.
+        kwargs = {k: v for k, v in body[1].items() if k not in PRIVATE_FIELDS}
+        body = {"args": body[0][:4], "kwargs": kwargs}
+    text = json.dumps(body, default=repr, ensure_ascii=True)
+    return text if len(text) <= PREVIEW_MAX else text[: PREVIEW_MAX - 3] + "..."
+
+
+def _reason(message: Any, remembered: str | None) -> str:
+    if remembered:
+        return remembered
+    headers = message.headers or {}
+    if message.content_type not in ("application/json", None):
+        return f"content type {message.content_type!r} is not accepted (JSON only)"
+    if "task" not in headers:
+        return "not a Celery task message"
+    try:
+        json.loads(message.body)
+    except (TypeError, ValueError):
+        return "body is not JSON"
+    if not str(headers["task"]).startswith("votes_app."):
+        return f"unknown task {headers['task']!r}"
+    reason = _first_death(message).get("reason", "rejected")
+    return f"{reason} by a worker (see its log for task {headers.get('id')})"
+
+
+def _identify(message: Any) -> str:
+    # A Celery message has a task id; anything else is known by its content.
+    headers = message.headers or {}
+    known = headers.get("id") or message.properties.get("message_id")
+    return str(known) if known else "sha256:" + hashlib.sha256(message.body).hexdigest()[:16]
+
+
+def _drain(connection: Connection, limit: int) -> Iterator[tuple[Any, Message]]:
+    """Take up to `limit` messages from votes.dead without acknowledging them; whatever is
+    not acknowledged goes back to the queue when the channel closes."""
+    declare_dead_letters(connection)
+    channel: Any = connection.channel()
+    try:
+        for _ in range(limit):
+            message = channel.basic_get(DEAD, no_ack=False)
+            if message is None:
+                break
+            yield channel, channel.message_to_python(message)
+    finally:
+        channel.close()
+
+
+def list_dead(
+    connection: Connection, client: redis.Redis | None, *, limit: int = 1000
+) -> list[DeadLetter]:
+    letters = []
+    for _, message in _drain(connection, limit):
+        death = _first_death(message)
+        task_id = _identify(message)
+        remembered = None
+        if client is not None:
+            try:
+                remembered = client.get(reason_key(task_id))
+            except redis.RedisError:
+                remembered = None
+        letters.append(
+            DeadLetter(
+                task_id=task_id,
+                task=str((message.headers or {}).get("task", "-")),
+                queue=str(death.get("queue", "-")),
+                reason=_reason(message, str(remembered) if remembered else None),
+                deaths=int(death.get("count", 1)),
+                died_at=death.get("time"),
+                preview=_preview(message),
+            )
+        )
+    return letters
+
+
+def replay(
+    connection: Connection, select: Callable[[str], bool], *, limit: int = 1_000_000
+) -> list[str]:
+    """Publish the selected dead letters back to the queue they died on; their ids.
+
+    The copy keeps the task id, so a vote that had been partly processed is finished, not
+    counted twice. The original is acknowledged only after the broker confirmed the copy.
+    """
+    replayed = []
+    publish_channel: Any = connection.channel()
+    try:
+        for channel, message in _drain(connection, limit):
+            task_id = _identify(message)
+            if not select(task_id):
+                continue
+            queue = _first_death(message).get("queue")
+            if not queue:
+                continue
+            headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
+            publish_channel.basic_publish_confirm(
+                publish_channel.prepare_message(
+                    message.body,
+                    priority=0,
+                    content_type=message.content_type,
+                    content_encoding=message.content_encoding,
+                    headers=headers,
+                    properties={
+                        k: v
+                        for k, v in message.properties.items()
+                        if k in ("correlation_id", "reply_to", "message_id")
+                    }
+                    | {"delivery_mode": 2},
+                ),
+                exchange=VOTES_EXCHANGE.name,
+                routing_key=queue,
+            )
+            channel.basic_ack(message.delivery_tag)
+            replayed.append(task_id)
+    finally:
+        publish_channel.close()
+    return replayed
