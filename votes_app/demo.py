@@ -10,24 +10,15 @@ import hashlib
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
-
-import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 from votes_app.ballot_box import load_voters
-from votes_app.celery import AGGREGATION, DEAD, REVIEW, VALIDATION, app
 from votes_app.cli import (
     console,
     progress_bar,
@@ -37,11 +28,9 @@ from votes_app.cli import (
     run_reconcile,
 )
 from votes_app.config import get_settings
-from votes_app.models import DuplicateAttempt, ReviewRecord, VoteAudit
+from votes_app.harness import Beat, Snapshot, Worker, reset_namespace, voter_hash, wait_for
 from votes_app.producer import publish_in_parallel
-from votes_app.resources import get_engine, get_redis, session_scope
-
-REPO = Path(__file__).resolve().parent.parent
+from votes_app.resources import get_redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +60,7 @@ def make_ballots(scenario: Scenario, seed: int = 2026) -> Ballots:
     expected: dict[tuple[str, str], int] = {}
     for voter in range(scenario.voters):
         law_id = laws[voter % len(laws)]
-        vote_hash = hashlib.sha256(f"nas|{voter:09d}|{law_id}".encode()).hexdigest()
+        vote_hash = voter_hash(voter, law_id)
         choice = rng.choice(("oui", "non"))
         roll.append(vote_hash)
         first.append(
@@ -94,99 +83,12 @@ def make_ballots(scenario: Scenario, seed: int = 2026) -> Ballots:
     return Ballots(roll, first, second, unknown, expected)
 
 
-def reset_namespace() -> None:
-    """Rebuild the demo database from the migrations; empty its Redis index and queues."""
-    with get_engine().begin() as connection:
-        connection.execute(sa.text("DROP SCHEMA public CASCADE"))
-        connection.execute(sa.text("CREATE SCHEMA public"))
-    config = Config(str(REPO / "alembic.ini"))
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
-    get_redis().flushdb()
-    with app.connection_for_write() as connection:
-        channel: Any = connection.default_channel
-        for queue in (VALIDATION, AGGREGATION, REVIEW, DEAD):
-            channel.queue_delete(queue)
-
-
-@contextmanager
-def background(directory: Path) -> Iterator[None]:
-    """A worker on all three queues and beat, stopped on the way out whatever happens."""
-    processes = []
-    for name, argv in (
-        (
-            "worker",
-            [
-                "worker",
-                "-Q",
-                f"{VALIDATION},{AGGREGATION},{REVIEW}",
-                "-c",
-                "2",
-                "-n",
-                f"demo-{os.getpid()}@%h",
-                "-l",
-                "WARNING",
-            ],
-        ),
-        ("beat", ["beat", "-s", str(directory / "beat-schedule"), "-l", "WARNING"]),
-    ):
-        log = (directory / f"{name}.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "votes_app", *argv],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
-            )
-        )
-    console.print(f"worker and beat started; logs in {directory}")
-    try:
-        yield
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        console.print("worker and beat stopped")
-
-
-def wait_for_worker(deadline: float) -> None:
-    while not app.control.ping(timeout=1.0):
-        if time.monotonic() > deadline:
-            raise TimeoutError("no worker answered within the deadline")
-
-
-def outcome_counts() -> tuple[int, int, int, int]:
-    """(audited, tallied, duplicates reviewed, invalid reviewed)."""
-    with session_scope() as session:
-        audited = session.scalar(sa.select(sa.func.count()).select_from(VoteAudit)) or 0
-        tallied = sum(row.total_votes for row in read_results())
-        duplicates = (
-            session.scalar(
-                sa.select(sa.func.coalesce(sa.func.sum(DuplicateAttempt.attempt_count), 0))
-            )
-            or 0
-        )
-        invalid = (
-            session.scalar(
-                sa.select(sa.func.coalesce(sa.func.sum(ReviewRecord.occurrences), 0)).where(
-                    ReviewRecord.kind == "invalid"
-                )
-            )
-            or 0
-        )
-    return int(audited), int(tallied), int(duplicates), int(invalid)
-
-
 def run_demo(scenario: Scenario) -> int:
     settings = get_settings()
     console.print(f"[bold]votes_app demo[/bold] (flush every {settings.flush_interval_seconds}s)")
     reset_namespace()
     ballots = make_ballots(scenario)
+    target = (len(ballots.first), len(ballots.first), len(ballots.second), len(ballots.unknown))
 
     with tempfile.TemporaryDirectory(prefix="votes-demo-") as tmp:
         directory = Path(tmp)
@@ -197,8 +99,9 @@ def run_demo(scenario: Scenario) -> int:
             for sent, _ in load_voters(get_redis(), read_hashes(source, [])):
                 progress.update(task, advance=sent)
 
-        with background(directory):
-            wait_for_worker(time.monotonic() + 60)
+        worker = Worker(directory / "worker.log", name=f"demo-{os.getpid()}@%h", loglevel="WARNING")
+        with worker, Beat(directory, loglevel="WARNING"):
+            console.print(f"worker and beat started; logs in {directory}")
             messages = ballots.first + ballots.second + ballots.unknown
             started = time.monotonic()
             with progress_bar() as progress:
@@ -210,26 +113,21 @@ def run_demo(scenario: Scenario) -> int:
                     )
             published = time.monotonic()
 
-            target = (
-                len(ballots.first),
-                len(ballots.first),
-                len(ballots.second),
-                len(ballots.unknown),
-            )
-            deadline = started + scenario.timeout
             with progress_bar() as progress:
                 task = progress.add_task("waiting for tallies", total=len(ballots.first))
-                while (counts := outcome_counts()) != target:
-                    progress.update(task, completed=counts[1])
-                    if time.monotonic() > deadline:
-                        console.print(
-                            "[red]timed out[/red]: (audited, tallied, duplicates, invalid)"
-                            f" = {counts}, expected {target}"
-                        )
-                        return 1
-                    time.sleep(0.2)
-                progress.update(task, completed=counts[1])
+
+                def complete() -> bool:
+                    now = Snapshot.take()
+                    progress.update(task, completed=now.tallied)
+                    return (now.audited, now.tallied, now.duplicates, now.invalid) == target
+
+                try:
+                    wait_for(complete, timeout=scenario.timeout, interval=0.2, what="the tallies")
+                except TimeoutError:
+                    console.print(f"[red]timed out[/red]: {Snapshot.take()}, expected {target}")
+                    return 1
             finished = time.monotonic()
+        console.print("worker and beat stopped")
 
     rows = read_results()
     console.print(results_table(rows, title="Results"))
@@ -237,16 +135,17 @@ def run_demo(scenario: Scenario) -> int:
     exact = all(counted.get(key, 0) == n for key, n in ballots.expected.items())
     elapsed = finished - started
     console.print(
-        f"votes sent {len(messages):,}: accepted {counts[0]:,}, "
-        f"duplicates refused {counts[2]:,}, unknown voters refused {counts[3]:,}"
+        f"votes sent {len(messages):,}: accepted {target[0]:,}, "
+        f"duplicates refused {target[2]:,}, unknown voters refused {target[3]:,}"
     )
     console.print(
         f"published in {published - started:.1f}s; all tallied after {elapsed:.1f}s: "
         f"{len(messages) / elapsed:,.0f} votes/s end to end"
     )
-    console.print(
+    verdict = (
         "tallies match the votes sent" if exact else "[red]tallies differ from the votes sent[/red]"
     )
+    console.print(verdict)
     status = run_reconcile()
     return 0 if exact and status == 0 else 1
 
