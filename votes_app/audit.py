@@ -8,10 +8,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from votes_app import metrics
 from votes_app.models import VoteAudit
 from votes_app.schemas import Ballot
 
 
+@metrics.database_operation("record_votes")
 def record_votes(*, session: Session, ballots: Sequence[Ballot]) -> set[str]:
     """Insert the ballots in one statement; the hashes that were new.
 
@@ -39,6 +41,7 @@ def record_votes(*, session: Session, ballots: Sequence[Ballot]) -> set[str]:
     return set(session.scalars(statement))
 
 
+@metrics.database_operation("lookup_recorders")
 def recorders(*, session: Session, vote_hashes: Collection[str]) -> dict[str, str]:
     """For each hash already in the audit log, the task id that recorded it."""
     if not vote_hashes:

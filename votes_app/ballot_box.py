@@ -9,6 +9,8 @@ from typing import TypeVar
 
 import redis
 
+from votes_app import metrics
+
 T = TypeVar("T")
 
 # Key names are shared with the services this project replaces and their tooling.
@@ -89,6 +91,7 @@ class BallotBox:
         self._forget = client.register_script(_FORGET)
         self._count_duplicate = client.register_script(_COUNT_DUPLICATE)
 
+    @metrics.redis_operation("claim")
     def claim(self, ballots: Sequence[tuple[str, str]]) -> list[Claim]:
         """Claim each `(vote_hash, task_id)` in one round trip; one `Claim` per ballot."""
         pipe = self.redis.pipeline(transaction=False)
@@ -103,6 +106,7 @@ class BallotBox:
             raise VoterRollMissing("the voter roll (Redis set valid_hashes) is empty")
         return [Claim(answer) for answer in answers]
 
+    @metrics.redis_operation("release")
     def release(self, ballots: Sequence[tuple[str, str]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for vote_hash, task_id in ballots:
@@ -113,6 +117,7 @@ class BallotBox:
             )
         pipe.execute()
 
+    @metrics.redis_operation("forget_claims")
     def forget_claims(self, ballots: Sequence[tuple[str, str]]) -> None:
         """Drop the claims of votes now recorded in PostgreSQL (memory, not correctness)."""
         pipe = self.redis.pipeline(transaction=False)
@@ -120,6 +125,7 @@ class BallotBox:
             self._forget(keys=[claim_key(vote_hash)], args=[task_id], client=pipe)
         pipe.execute()
 
+    @metrics.redis_operation("count_duplicates")
     def count_duplicates(self, ballots: Sequence[tuple[str, str]]) -> list[int]:
         """Bump `duplicate_count:{hash}` once per duplicate message; the attempt numbers."""
         pipe = self.redis.pipeline(transaction=False)

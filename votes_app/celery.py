@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 from celery import Celery, signals
+from celery.utils.log import get_logger
 from kombu import Connection, Exchange, Queue
 
+from votes_app import metrics
 from votes_app.config import Settings, get_settings
 from votes_app.resources import forget_inherited_connections
+
+logger = get_logger(__name__)
 
 VALIDATION = "votes.validation"
 AGGREGATION = "votes.aggregation"
@@ -104,3 +110,28 @@ def _declare_dead_letters_on_start(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _forget_inherited_connections(**_: Any) -> None:
     forget_inherited_connections()
+
+
+@signals.celeryd_init.connect
+def _share_metrics_between_processes(**_: Any) -> None:
+    # Sent before the worker imports the task modules, hence before prometheus_client.
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="votes_app-metrics-")
+    metrics.reset_directory()
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    settings = get_settings()
+    if not settings.metrics_port:
+        return
+    try:
+        metrics.serve(settings.metrics_address, settings.metrics_port)
+    except OSError as exc:
+        # Another worker on this machine has the port: run on, say so.
+        logger.error(
+            "metrics not served on %s:%d: %s (set METRICS_PORT per worker)",
+            settings.metrics_address,
+            settings.metrics_port,
+            exc,
+        )

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=25, ge=0)
     roll_missing_retry_seconds: float = Field(default=5.0, gt=0)
 
+    # Each worker serves its metrics (all its processes) at http://ADDRESS:PORT/metrics;
+    # port 0 turns the server off.
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = Field(default=8001, ge=0, le=65535)
+
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url.get_secret_value()

@@ -22,6 +22,7 @@ from alembic.config import Config
 from votes_app.celery import AGGREGATION, DEAD, REVIEW, VALIDATION, app
 from votes_app.models import DuplicateAttempt, ReviewRecord, VoteAudit, VoteResult
 from votes_app.resources import get_engine, get_redis
+from votes_app.status import queue_depths as queue_depths
 
 REPO = Path(__file__).resolve().parent.parent
 WORK_QUEUES = (VALIDATION, AGGREGATION, REVIEW)
@@ -70,24 +71,6 @@ def reset_namespace() -> None:
         channel: Any = connection.default_channel
         for queue in (*WORK_QUEUES, DEAD):
             channel.queue_delete(queue)
-
-
-def queue_depths() -> dict[str, int]:
-    """Ready messages per queue (declared passively; a missing queue counts as empty)."""
-    from amqp.exceptions import NotFound
-
-    depths = {}
-    with app.connection_for_write() as connection:
-        for name in (*WORK_QUEUES, DEAD):
-            channel: Any = connection.channel()
-            try:
-                _, depths[name], _ = channel.queue_declare(name, passive=True)
-            except NotFound:
-                depths[name] = 0
-            finally:
-                if channel.is_open:
-                    channel.close()
-    return depths
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from votes_app import metrics
 from votes_app.models import DuplicateAttempt, ReviewRecord
 
 REASON_MAX = 500
@@ -67,6 +68,7 @@ def clip(text: str, limit: int = REASON_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+@metrics.database_operation("record_review")
 def record_rejections(*, session: Session, rejections: Sequence[Rejection]) -> None:
     """Store rejections; replaying the same ones leaves duplicate counts unchanged."""
     duplicates = [r for r in rejections if r.verdict is Verdict.DUPLICATE]

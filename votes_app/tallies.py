@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from votes_app import metrics
 from votes_app.models import TallyBatch, VoteAudit, VoteResult
 from votes_app.schemas import Choice
 
@@ -90,12 +91,14 @@ class Tallies:
         self._take = client.register_script(_TAKE)
         self._finish = client.register_script(_FINISH)
 
+    @metrics.redis_operation("add_pending")
     def add_pending(self, votes: Sequence[TallyVote]) -> int:
         """Queue votes for the next flush; a vote already pending is not added twice."""
         if not votes:
             return 0
         return int(self.redis.sadd(PENDING, *(vote.vote_hash for vote in votes)))
 
+    @metrics.redis_operation("take_pending")
     def take_pending(self) -> PendingBatch | None:
         answer = self._take(keys=[PENDING, FLUSHING, FLUSHING_BATCH_ID], args=[uuid.uuid4().hex])
         if not answer:
@@ -103,6 +106,7 @@ class Tallies:
         batch_id, vote_hashes = answer
         return PendingBatch(batch_id=batch_id, vote_hashes=list(vote_hashes))
 
+    @metrics.redis_operation("finish")
     def finish(self, batch: PendingBatch) -> None:
         self._finish(keys=[FLUSHING, FLUSHING_BATCH_ID], args=[batch.batch_id])
 
@@ -166,6 +170,7 @@ def _mark(batch_id: str) -> sa.Update:
     )
 
 
+@metrics.database_operation("apply_tallies")
 def apply_batch(
     *, session: Session, batch: PendingBatch, straggler_age: timedelta | None = None
 ) -> Counter[tuple[str, str]] | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from collections import Counter
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -17,10 +19,10 @@ from pydantic import TypeAdapter, ValidationError
 from redis import exceptions as redis_exc
 from sqlalchemy import exc as sa_exc
 
-from votes_app import dead_letters, review, tallies, validation
-from votes_app.ballot_box import VoterRollMissing
+from votes_app import dead_letters, metrics, review, status, tallies, validation
+from votes_app.ballot_box import VoterRollMissing, voter_roll_size
 from votes_app.batching import SettledBatches
-from votes_app.celery import app
+from votes_app.celery import VALIDATION, app
 from votes_app.config import get_settings
 from votes_app.resources import get_ballot_box, get_redis, get_tallies, session_scope
 from votes_app.schemas import Submission, describe_errors, utcnow
@@ -64,9 +66,13 @@ def describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first_line}"
 
 
-def send_to_dead(task_id: str, reason: str) -> str:
-    """Note why a message goes to votes.dead (best effort: Redis may be the problem)."""
+def send_to_dead(task_id: str, reason: str, *, kind: str) -> str:
+    """Note why a message goes to votes.dead (best effort: Redis may be the problem).
+
+    `kind` is the metric label: a few fixed words, unlike `reason`.
+    """
     logger.error("task %s to votes.dead: %s", task_id, reason)
+    metrics.get().dead_letters.labels(reason=kind).inc()
     with contextlib.suppress(redis_exc.RedisError):
         dead_letters.remember_reason(
             get_redis(), task_id, reason, ttl_seconds=settings.claim_ttl_seconds
@@ -96,13 +102,17 @@ class VotesTask(Task):  # type: ignore[type-arg]
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         if too_often_redelivered(task_id, self.request.delivery_info):
-            send_to_dead(task_id, f"redelivered more than {settings.max_redeliveries} times")
+            send_to_dead(
+                task_id,
+                f"redelivered more than {settings.max_redeliveries} times",
+                kind="redelivered",
+            )
             raise Reject("too many redeliveries", requeue=False)
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         # task_acks_on_failure_or_timeout=False: Celery rejects the message, RabbitMQ
         # dead-letters it.
-        send_to_dead(task_id, describe(exc))
+        send_to_dead(task_id, describe(exc), kind="failed")
 
 
 @app.task(
@@ -125,7 +135,9 @@ def validate_vote(self: SettledBatches, requests: list[SimpleRequest]) -> list[s
 
 def settle(task: SettledBatches, requests: list[SimpleRequest]) -> list[str]:
     dead = [
-        send_to_dead(r.id, f"redelivered more than {settings.max_redeliveries} times")
+        send_to_dead(
+            r.id, f"redelivered more than {settings.max_redeliveries} times", kind="redelivered"
+        )
         for r in requests
         if too_often_redelivered(r.id, r.delivery_info)
     ]
@@ -136,6 +148,8 @@ def settle(task: SettledBatches, requests: list[SimpleRequest]) -> list[str]:
 
 def _settle(task: SettledBatches, requests: list[SimpleRequest]) -> list[str]:
     submissions = [Submission(task_id=r.id, args=r.args, kwargs=r.kwargs) for r in requests]
+    measure = metrics.get()
+    started = time.perf_counter()
     try:
         outcome = validation.validate(
             submissions,
@@ -148,18 +162,38 @@ def _settle(task: SettledBatches, requests: list[SimpleRequest]) -> list[str]:
     except VoterRollMissing:
         # Hold the votes until the roll is loaded again: refusing them would be wrong.
         logger.warning("voter roll missing: holding %d votes", len(requests))
+        measure.validation_errors.labels(error_type="voter_roll_missing").inc()
+        measure.voter_roll_missing.set(1)
+        measure.votes_held.inc(len(requests))
         return retry_later(task, requests, hold=True)
     except TRANSIENT_ERRORS as exc:
         logger.warning("retrying %d votes after %s", len(requests), type(exc).__name__)
+        measure.validation_errors.labels(error_type=type(exc).__name__).inc()
         return retry_later(task, requests)
     except Exception as exc:
+        measure.validation_errors.labels(error_type=type(exc).__name__).inc()
         if len(requests) == 1:
             logger.exception("vote task %s failed", requests[0].id)
-            return [send_to_dead(requests[0].id, describe(exc))]
+            return [send_to_dead(requests[0].id, describe(exc), kind="failed")]
         # One bad message must not take its batch with it: settle them one by one.
         logger.exception("batch of %d failed: settling its votes one by one", len(requests))
         return [dead for request in requests for dead in _settle(task, [request])]
+    observe(outcome, seconds=time.perf_counter() - started)
     return []
+
+
+def observe(outcome: validation.Outcome, *, seconds: float) -> None:
+    measure = metrics.get()
+    measure.voter_roll_missing.set(0)
+    measure.batch_duration.set(seconds)
+    votes = len(outcome.recorded) + len(outcome.rejections)
+    measure.batch_size_processed.inc(votes)
+    for _ in range(votes):
+        measure.processing_latency.observe(seconds)
+    if outcome.recorded:
+        measure.votes_processed.labels(status="accepted").inc(len(outcome.recorded))
+    for verdict, count in Counter(r.verdict.value for r in outcome.rejections).items():
+        measure.votes_processed.labels(status=verdict).inc(count)
 
 
 def retry_later(
@@ -173,7 +207,11 @@ def retry_later(
         if hold:
             countdown = settings.roll_missing_retry_seconds
         elif retries > settings.max_retries:
-            dead.append(send_to_dead(request.id, f"out of retries ({settings.max_retries})"))
+            dead.append(
+                send_to_dead(
+                    request.id, f"out of retries ({settings.max_retries})", kind="out_of_retries"
+                )
+            )
             continue
         else:
             countdown = get_exponential_backoff_interval(
@@ -191,7 +229,9 @@ def retry_later(
                 retries=retries,
             )
         except Exception as exc:
-            dead.append(send_to_dead(request.id, f"retry not published: {exc}"))
+            dead.append(
+                send_to_dead(request.id, f"retry not published: {exc}", kind="retry_unpublished")
+            )
     return dead
 
 
@@ -225,19 +265,35 @@ def hand_on(outcome: validation.Outcome) -> None:
 @app.task(base=VotesTask, bind=True, name="votes_app.aggregate_vote", **RETRY_POLICY)
 def aggregate_vote(self: Task[..., None], votes: list[dict[str, Any]]) -> None:
     """Add recorded votes to the pending tallies, each at most once."""
-    added = get_tallies().add_pending(_tally_votes.validate_python(votes))
+    measure = metrics.get()
+    with metrics.counting_errors(measure.aggregation_errors):
+        parsed = _tally_votes.validate_python(votes)
+        added = get_tallies().add_pending(parsed)
+    for (law_id, choice), count in Counter((v.law_id, v.choice) for v in parsed).items():
+        measure.votes_aggregated.labels(law_id=law_id, choice=choice).inc(count)
     logger.info("tallies pending +%d of %d", added, len(votes))
 
 
 @app.task(base=VotesTask, bind=True, name="votes_app.flush_tallies", **RETRY_POLICY)
 def flush_tallies(self: Task[..., None]) -> None:
     """Apply the pending tallies to `vote_results`, exactly once per batch."""
-    result = tallies.flush(
-        tallies=get_tallies(),
-        session_scope=session_scope,
-        straggler_age=timedelta(seconds=settings.tally_straggler_seconds),
-    )
+    measure = metrics.get()
+    started = time.perf_counter()
+    with metrics.counting_errors(measure.aggregation_errors):
+        result = tallies.flush(
+            tallies=get_tallies(),
+            session_scope=session_scope,
+            straggler_age=timedelta(seconds=settings.tally_straggler_seconds),
+        )
+    measure.flush_duration.set(time.perf_counter() - started)
+    measure.last_flush.set(time.time())
+    try:
+        refresh_gauges()
+    except TRANSIENT_ERRORS as exc:
+        # The flush itself is done; stale gauges must not make it run again.
+        logger.warning("gauges not refreshed: %s", describe(exc))
     if result is not None:
+        measure.flush_votes.inc(result.vote_count)
         logger.info(
             "tallies flushed batch=%s offered=%d counted=%d applied=%s",
             result.batch_id,
@@ -245,6 +301,22 @@ def flush_tallies(self: Task[..., None]) -> None:
             result.vote_count,
             result.applied,
         )
+
+
+def refresh_gauges() -> None:
+    """Gauges that describe the whole system, refreshed by each flush (once a second)."""
+    measure = metrics.get()
+    with session_scope() as session:
+        measure.flush_lag.set(status.flush_lag_seconds(session=session))
+        for (law_id, choice), count in tallies.results_by_law(session=session).items():
+            measure.current_vote_totals.labels(law_id=law_id, choice=choice).set(count)
+    roll = voter_roll_size(get_redis())
+    measure.voter_roll_size.set(roll)
+    measure.voter_roll_missing.set(0 if roll else 1)
+    depths = status.queue_depths()
+    for queue, depth in depths.items():
+        measure.queue_depth.labels(queue=queue).set(depth)
+    measure.validation_queue_size.set(depths[VALIDATION])
 
 
 @app.task(base=VotesTask, bind=True, name="votes_app.record_review", **RETRY_POLICY)

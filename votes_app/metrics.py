@@ -1,0 +1,166 @@
+"""Prometheus metrics, summed over a worker's prefork processes and served by the worker.
+
+The names are those of the services this project replaces, so existing dashboards keep
+working, plus what this design adds (held votes, dead letters, flush lag).
+
+prometheus_client chooses where values live when it is first imported: in memory, or in
+files shared by the processes of a worker when PROMETHEUS_MULTIPROC_DIR is set
+(prometheus_client docs: "Multiprocess Mode"). The worker sets that variable as it starts
+(votes_app.celery), so this module imports prometheus_client only on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache, wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge, Histogram
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Metrics:
+    """Every metric of the application, created once per process."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        def gauge(name: str, help_text: str, labels: tuple[str, ...] = ()) -> Gauge:
+            # The value last set by any process of the worker is the one that counts.
+            return Gauge(name, help_text, labels, multiprocess_mode="mostrecent")
+
+        # Validation, as the old validation worker named them.
+        self.votes_processed: Counter = Counter(
+            "validation_votes_processed", "Votes validated, by outcome", ["status"]
+        )
+        self.processing_latency: Histogram = Histogram(
+            "validation_processing_latency_seconds",
+            "Time a vote spent in its validation batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.validation_errors: Counter = Counter(
+            "validation_errors", "Validation failures, by type", ["error_type"]
+        )
+        self.validation_queue_size = gauge(
+            "validation_queue_size", "Ready messages in votes.validation"
+        )
+        self.redis_operations: Counter = Counter(
+            "redis_operations", "Redis operations", ["operation", "status"]
+        )
+        self.database_operations: Counter = Counter(
+            "database_operations", "PostgreSQL operations", ["operation", "status"]
+        )
+        # Aggregation, as the old aggregation service named them.
+        self.votes_aggregated: Counter = Counter(
+            "votes_aggregated", "Votes handed to the pending tallies", ["law_id", "choice"]
+        )
+        self.current_vote_totals = gauge(
+            "current_vote_totals", "Votes counted in vote_results", ("law_id", "choice")
+        )
+        self.batch_duration = gauge(
+            "batch_processing_duration_seconds", "Duration of the last validation batch"
+        )
+        self.batch_size_processed: Counter = Counter(
+            "batch_size_processed", "Votes in processed validation batches"
+        )
+        self.aggregation_errors: Counter = Counter(
+            "aggregation_errors", "Aggregation failures, by type", ["error_type"]
+        )
+        # What this design adds.
+        self.queue_depth = gauge("votes_queue_depth", "Ready messages per queue", ("queue",))
+        self.votes_held: Counter = Counter(
+            "votes_held", "Votes held back because the voter roll is missing"
+        )
+        self.voter_roll_missing = gauge("voter_roll_missing", "1 while Redis has no voter roll")
+        self.voter_roll_size = gauge("voter_roll_size", "Hashes on the voter roll")
+        self.dead_letters: Counter = Counter(
+            "dead_letters", "Messages this worker sent to votes.dead", ["reason"]
+        )
+        self.flush_lag = gauge(
+            "tally_flush_lag_seconds", "Age of the oldest recorded vote not yet in vote_results"
+        )
+        self.flush_duration = gauge("tally_flush_duration_seconds", "Duration of the last flush")
+        self.flush_votes: Counter = Counter(
+            "tally_flush_votes", "Votes added to vote_results by flushes"
+        )
+        self.last_flush = gauge(
+            "last_flush_timestamp_seconds", "When the last flush finished (unix time)"
+        )
+
+
+@lru_cache
+def get() -> Metrics:
+    return Metrics()
+
+
+def _tracked(kind: str, operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        @wraps(function)
+        def tracked(*args: P.args, **kwargs: P.kwargs) -> R:
+            counter: Counter = getattr(get(), kind)
+            try:
+                result = function(*args, **kwargs)
+            except Exception:
+                counter.labels(operation=operation, status="error").inc()
+                raise
+            counter.labels(operation=operation, status="ok").inc()
+            return result
+
+        return tracked
+
+    return decorate
+
+
+def redis_operation(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Count calls of the decorated function in redis_operations_total{operation,status}."""
+    return _tracked("redis_operations", operation)
+
+
+def database_operation(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Count calls of the decorated function in database_operations_total{operation,status}."""
+    return _tracked("database_operations", operation)
+
+
+@contextmanager
+def counting_errors(counter: Counter) -> Iterator[None]:
+    """Count an exception leaving the block by its class name, then let it go on."""
+    try:
+        yield
+    except Exception as exc:
+        counter.labels(error_type=type(exc).__name__).inc()
+        raise
+
+
+# --- the worker's side: where the files live and who serves them -----------------------
+
+
+def multiprocess_directory() -> Path | None:
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(value) if value else None
+
+
+def reset_directory() -> None:
+    """Forget the files of an earlier run (prometheus_client: wipe the directory on start)."""
+    directory = multiprocess_directory()
+    if directory is not None:
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+
+
+def serve(address: str, port: int) -> None:
+    """Serve the metrics of every process of this worker at http://address:port/metrics."""
+    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
+
+    directory = multiprocess_directory()
+    if directory is None:
+        start_http_server(port, addr=address, registry=REGISTRY)
+        return
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=address, registry=registry)
