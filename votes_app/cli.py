@@ -108,6 +108,30 @@ def voters_rebuild_voted() -> None:
     console.print(f"{sent:,} recorded voters: {added:,} were missing from voted_hashes")
 
 
+# --- operations -----------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--skip",
+    multiple=True,
+    type=click.Choice(["broker", "redis", "postgresql", "workers", "beat"]),
+    help="Leave a check out (repeatable), e.g. --skip workers in a worker's own health check.",
+)
+def health(skip: tuple[str, ...]) -> None:
+    """Check the broker, Redis (voter roll), PostgreSQL (migrations), workers and beat.
+
+    One line per check; exit code 0 when all pass, 1 otherwise.
+    """
+    from votes_app.health import CHECKS, run_checks
+
+    checks = run_checks([name for name in CHECKS if name not in skip])
+    for check in checks:
+        mark = "[green]ok  [/green]" if check.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {check.name:<10} {check.detail}", highlight=False)
+    sys.exit(0 if all(check.ok for check in checks) else 1)
+
+
 # --- dead letters ---------------------------------------------------------------------
 
 

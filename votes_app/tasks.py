@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from redis import exceptions as redis_exc
 from sqlalchemy import exc as sa_exc
 
-from votes_app import dead_letters, metrics, review, status, tallies, validation
+from votes_app import dead_letters, health, metrics, review, status, tallies, validation
 from votes_app.ballot_box import VoterRollMissing, voter_roll_size
 from votes_app.batching import SettledBatches
 from votes_app.celery import VALIDATION, app
@@ -285,6 +285,7 @@ def flush_tallies(self: Task[..., None]) -> None:
             session_scope=session_scope,
             straggler_age=timedelta(seconds=settings.tally_straggler_seconds),
         )
+    health.record_flush_heartbeat(get_redis())
     measure.flush_duration.set(time.perf_counter() - started)
     measure.last_flush.set(time.time())
     try:

@@ -1,0 +1,99 @@
+"""`votes health`: is each dependency there and in working order? One check per line."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
+
+from votes_app.ballot_box import voter_roll_size
+from votes_app.celery import app
+from votes_app.config import get_settings
+from votes_app.harness import alembic_config
+from votes_app.resources import get_engine, get_redis
+
+FLUSH_HEARTBEAT = "tallies:last_flush"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def record_flush_heartbeat(client: redis.Redis) -> None:
+    """Each flush says when it ran: beat is alive while this stays fresh."""
+    client.set(FLUSH_HEARTBEAT, f"{time.time():.3f}")
+
+
+def check_broker() -> Check:
+    url = app.connection_for_write().as_uri()  # as_uri() masks the password
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=5)
+    return Check("broker", True, url)
+
+
+def check_redis() -> Check:
+    client = get_redis()
+    client.ping()
+    roll = voter_roll_size(client)
+    if not roll:
+        return Check("redis", False, "answers, but the voter roll is missing: votes are held")
+    return Check("redis", True, f"voter roll of {roll:,} hashes")
+
+
+def check_postgresql() -> Check:
+    url = make_url(get_settings().database_url.get_secret_value())
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with get_engine().connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    where = f"{url.host}:{url.port or 5432}/{url.database}"
+    if current != head:
+        return Check("postgresql", False, f"{where} at migration {current}, head is {head}")
+    return Check("postgresql", True, f"{where} at migration head ({head})")
+
+
+def check_workers() -> Check:
+    replies = app.control.ping(timeout=2.0) or []
+    nodes = sorted(node for reply in replies for node in reply)
+    if not nodes:
+        return Check("workers", False, "no worker answered ping")
+    return Check("workers", True, ", ".join(nodes))
+
+
+def check_beat() -> Check:
+    interval = get_settings().flush_interval_seconds
+    last = get_redis().get(FLUSH_HEARTBEAT)
+    if last is None:
+        return Check("beat", False, "no flush has run yet")
+    age = time.time() - float(str(last))
+    # A few missed beats are normal under load; many mean beat (or the workers) stopped.
+    limit = max(10 * interval, 30.0)
+    if age > limit:
+        return Check("beat", False, f"last flush {age:.0f}s ago (more than {limit:.0f}s)")
+    return Check("beat", True, f"last flush {age:.1f}s ago")
+
+
+CHECKS: dict[str, Callable[[], Check]] = {
+    "broker": check_broker,
+    "redis": check_redis,
+    "postgresql": check_postgresql,
+    "workers": check_workers,
+    "beat": check_beat,
+}
+
+
+def run_checks(names: list[str]) -> list[Check]:
+    results = []
+    for name in names:
+        try:
+            results.append(CHECKS[name]())
+        except Exception as exc:  # a health check reports every failure, whatever it is
+            results.append(Check(name, False, f"{type(exc).__name__}: {exc}"))
+    return results
