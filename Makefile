@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install services migrate test lint demo worker beat clean
+.PHONY: help install services migrate test lint demo worker beat flower clean
 
 help:
 	@echo "make test     run the test suite against local RabbitMQ, Redis and PostgreSQL"
@@ -12,6 +12,7 @@ help:
 	@echo "make lint     ruff and mypy"
 	@echo "make migrate  alembic upgrade head on DATABASE_URL"
 	@echo "make worker   a worker on all three queues; make beat: the flush scheduler"
+	@echo "make flower   Flower on 127.0.0.1:5555 (needs FLOWER_BASIC_AUTH=user:password)"
 
 # The virtualenv is rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -44,6 +45,11 @@ worker: install
 
 beat: install
 	$(BIN)/celery -A votes_app beat -l INFO
+
+# Flower with basic auth from the environment and its state kept in flower.db
+# (flowerconfig.py); its own metrics at /metrics.
+flower: install
+	$(BIN)/celery -A votes_app flower --basic-auth="$${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:password}"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
