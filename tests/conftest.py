@@ -23,4 +23,6 @@ os.environ.update(
     FLUSH_INTERVAL_SECONDS="0.2",
     ROLL_MISSING_RETRY_SECONDS="0.5",
     RETRY_BACKOFF_MAX_SECONDS="2",
+    # Test workers serve no metrics unless a test gives them a port of its own.
+    METRICS_PORT="0",
 )

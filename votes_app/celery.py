@@ -114,10 +114,11 @@ def _forget_inherited_connections(**_: Any) -> None:
 
 @signals.celeryd_init.connect
 def _share_metrics_between_processes(**_: Any) -> None:
-    # Sent before the worker imports the task modules, hence before prometheus_client.
+    # Sent in the worker's main process before the pool forks: every pool process then
+    # writes its metrics to files in this directory, and the worker serves their sum.
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="votes_app-metrics-")
-    metrics.reset_directory()
+    metrics.use_multiprocess_storage()
 
 
 @signals.worker_ready.connect

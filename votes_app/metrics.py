@@ -145,12 +145,23 @@ def multiprocess_directory() -> Path | None:
     return Path(value) if value else None
 
 
-def reset_directory() -> None:
-    """Forget the files of an earlier run (prometheus_client: wipe the directory on start)."""
+def use_multiprocess_storage() -> None:
+    """Keep values in PROMETHEUS_MULTIPROC_DIR from now on, starting from an empty directory.
+
+    prometheus_client reads the variable when first imported, and the `celery` command
+    imports it before the worker starts (Flower's command plugin does): choose again.
+    Metrics created after this call (ours are created on first use) store their values
+    in files.
+    """
+    from prometheus_client import values
+
     directory = multiprocess_directory()
-    if directory is not None:
-        for stale in directory.glob("*.db"):
-            stale.unlink(missing_ok=True)
+    if directory is None:
+        return
+    # prometheus_client: "the directory must be wiped between process runs".
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
 def serve(address: str, port: int) -> None:
