@@ -4,12 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install services migrate test lint demo worker beat flower clean
+.PHONY: help install services migrate test lint demo bench faults worker beat flower clean
 
 help:
 	@echo "make test     run the test suite against local RabbitMQ, Redis and PostgreSQL"
 	@echo "make demo     run the pipeline end to end on 10,700 votes and reconcile"
 	@echo "make lint     ruff and mypy"
+	@echo "make bench    throughput and latency on 100,000 votes (a few minutes)"
+	@echo "make faults   the fault campaign: kills, restarts, outages (several minutes)"
 	@echo "make migrate  alembic upgrade head on DATABASE_URL"
 	@echo "make worker   a worker on all three queues; make beat: the flush scheduler"
 	@echo "make flower   Flower on 127.0.0.1:5555 (needs FLOWER_BASIC_AUTH=user:password)"
@@ -39,6 +41,13 @@ lint: install
 
 demo: install services
 	$(BIN)/votes demo
+
+# Long runs, not tests: figures and a verdict, each in a namespace of its own.
+bench: install services
+	$(BIN)/votes bench
+
+faults: install services
+	$(BIN)/votes faults
 
 worker: install
 	$(BIN)/celery -A votes_app worker -Q votes.validation,votes.aggregation,votes.review -l INFO

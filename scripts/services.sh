@@ -35,8 +35,8 @@ declare -A LOG_HINT=(
 	[rabbitmq]=/var/log/rabbitmq/
 )
 
-read -r -a DATABASES <<<"${VOTES_DATABASES:-votes votes_test votes_demo}"
-read -r -a VHOSTS <<<"${VOTES_VHOSTS:-votes_test votes_demo}"
+read -r -a DATABASES <<<"${VOTES_DATABASES:-votes votes_test votes_demo votes_bench votes_faults}"
+read -r -a VHOSTS <<<"${VOTES_VHOSTS:-votes_test votes_demo votes_bench votes_faults}"
 
 declare -A PROBLEM=() HINTS=() DETAIL=() NOTES=()
 PROBE=""

@@ -375,5 +375,16 @@ def demo(voter_count: int, law_count: int, second_votes: int, unknown: int, time
     sys.exit(completed.returncode)
 
 
+def _add_tools() -> None:
+    # The benchmark and the fault campaign run the pipeline like the demo; each has a module.
+    from votes_app.bench import bench
+    from votes_app.faults import faults
+
+    main.add_command(bench)
+    main.add_command(faults)
+
+
+_add_tools()
+
 if __name__ == "__main__":
     main()
