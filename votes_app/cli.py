@@ -344,11 +344,26 @@ def run_reconcile() -> int:
     return 1
 
 
-DEMO_DEFAULTS = {
-    "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:5432/votes_demo",
-    "REDIS_URL": "redis://127.0.0.1:6379/1",
-    "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/votes_demo",
-}
+def run_in_namespace(name: str, *, redis_index: int, module: str, args: list[str]) -> None:
+    """Run `python -m module args` on a namespace of its own, then exit with its status.
+
+    The namespace (database votes_NAME, Redis index, vhost votes_NAME) is wiped by the
+    tools that use it: never the application's. NAME_DATABASE_URL, NAME_REDIS_URL and
+    NAME_BROKER_URL override it. A fresh interpreter, so every setting comes from there.
+    """
+    import os
+    import subprocess
+
+    prefix = name.upper()
+    defaults = {
+        "DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/votes_{name}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{redis_index}",
+        "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/votes_{name}",
+    }
+    env = os.environ.copy()
+    for variable, default in defaults.items():
+        env[variable] = os.environ.get(f"{prefix}_{variable.removeprefix('CELERY_')}", default)
+    sys.exit(subprocess.run([sys.executable, "-m", module, *args], env=env).returncode)
 
 
 @main.command()
@@ -363,16 +378,8 @@ def demo(voter_count: int, law_count: int, second_votes: int, unknown: int, time
     The demo wipes and uses DEMO_DATABASE_URL (default database votes_demo), DEMO_REDIS_URL
     (Redis index 1) and DEMO_BROKER_URL (vhost votes_demo), never the application's own.
     """
-    import os
-    import subprocess
-
-    env = os.environ.copy()
-    for name, default in DEMO_DEFAULTS.items():
-        env[name] = os.environ.get(f"DEMO_{name.removeprefix('CELERY_')}", default)
     scenario = [str(voter_count), str(law_count), str(second_votes), str(unknown), str(timeout)]
-    # A fresh interpreter, so that every setting comes from the demo namespace.
-    completed = subprocess.run([sys.executable, "-m", "votes_app.demo", *scenario], env=env)
-    sys.exit(completed.returncode)
+    run_in_namespace("demo", redis_index=1, module="votes_app.demo", args=scenario)
 
 
 def _add_tools() -> None:
