@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install services migrate test lint demo bench faults worker beat flower clean
+.PHONY: help install services migrate test lint demo bench faults worker beat flower up down clean
 
 help:
 	@echo "make test     run the test suite against local RabbitMQ, Redis and PostgreSQL"
@@ -15,6 +15,7 @@ help:
 	@echo "make migrate  alembic upgrade head on DATABASE_URL"
 	@echo "make worker   a worker on all three queues; make beat: the flush scheduler"
 	@echo "make flower   Flower on 127.0.0.1:5555 (needs FLOWER_BASIC_AUTH=user:password)"
+	@echo "make up/down  the whole stack with docker compose (see deploy/README.md)"
 
 # The virtualenv is rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -59,6 +60,13 @@ beat: install
 # (flowerconfig.py); its own metrics at /metrics.
 flower: install
 	$(BIN)/celery -A votes_app flower --basic-auth="$${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:password}"
+
+# The whole stack in containers (docker-compose.yml; needs a Docker engine and .env).
+up:
+	docker compose up -d --build
+
+down:
+	docker compose down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
