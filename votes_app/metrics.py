@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
 
+OUTCOMES = ("accepted", "duplicate", "invalid", "malformed")
+DEAD_LETTER_KINDS = ("redelivered", "failed", "out_of_retries", "retry_unpublished")
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -92,6 +95,13 @@ class Metrics:
         self.last_flush = gauge(
             "last_flush_timestamp_seconds", "When the last flush finished (unix time)"
         )
+        # Series with a known set of labels exist from the start, at zero: a rate() or an
+        # alert on them works before the first event (Prometheus: "Avoid missing metrics").
+        for status in OUTCOMES:
+            self.votes_processed.labels(status=status)
+        for kind in DEAD_LETTER_KINDS:
+            self.dead_letters.labels(reason=kind)
+        self.validation_errors.labels(error_type="voter_roll_missing")
 
 
 @lru_cache

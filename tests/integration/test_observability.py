@@ -23,6 +23,13 @@ from tests.support import (
     vote,
     voter_hash,
 )
+from tests.unit.test_deploy_files import (
+    APP_METRICS,
+    alert_rules,
+    dashboard_expressions,
+    metric_names,
+)
+from votes_app.celery import app
 from votes_app.harness import Beat, CeleryProcess, Worker, wait_for
 
 LAWS = ("law-001", "law-002")
@@ -34,7 +41,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
     """Every sample at /metrics, keyed by name and sorted labels."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -45,9 +55,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def value(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
@@ -61,6 +69,8 @@ def test_worker_metrics_count_what_happened(tmp_path: Path) -> None:
     ]
     load_roll(h for h, _, _ in accepted)
     seconds = [vote(h, law, "oui") for h, law, _ in accepted[:15]]
+    # An aggregation message that can never be processed: an error and a dead letter.
+    garbage = [{"vote_hash": "0" * 64}]
     unknown = [vote(voter_hash(10_000 + n, LAWS[0]), LAWS[0], "oui") for n in range(7)]
     malformed = [
         {"vote_hash": "nothex", "law_id": LAWS[0], "choice": "oui", "timestamp": TIMESTAMP}
@@ -72,6 +82,7 @@ def test_worker_metrics_count_what_happened(tmp_path: Path) -> None:
         publish(vote(h, law, choice) for h, law, choice in accepted)
         wait_for(lambda: sum(results().values()) == len(accepted), timeout=60, what="tallies")
         publish(seconds + unknown + malformed)
+        app.send_task("votes_app.aggregate_vote", kwargs={"votes": garbage})
         expected_statuses = {
             "accepted": len(accepted),
             "duplicate": len(seconds),
@@ -79,7 +90,7 @@ def test_worker_metrics_count_what_happened(tmp_path: Path) -> None:
             "malformed": len(malformed),
         }
 
-        def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        def settled() -> Samples:
             samples = scrape(port)
             statuses = {
                 s: value(samples, "validation_votes_processed_total", status=s)
@@ -90,7 +101,9 @@ def test_worker_metrics_count_what_happened(tmp_path: Path) -> None:
                 for law in LAWS
                 for c in ("oui", "non")
             )
-            return samples if statuses == expected_statuses and totals == len(accepted) else None
+            dead = value(samples, "dead_letters_total", reason="failed")
+            settled = statuses == expected_statuses and totals == len(accepted) and dead == 1
+            return samples if settled else {}
 
         samples = wait_for(settled, timeout=60, interval=0.5, what="metrics to settle")
 
@@ -108,6 +121,19 @@ def test_worker_metrics_count_what_happened(tmp_path: Path) -> None:
     assert value(samples, "redis_operations_total", operation="claim", status="ok") >= 1
     assert value(samples, "database_operations_total", operation="record_votes", status="ok") >= 1
     assert value(samples, "redis_operations_total", operation="claim", status="error") == 0
+    assert value(samples, "dead_letters_total", reason="failed") == 1
+    assert value(samples, "aggregation_errors_total", error_type="ValidationError") == 1
+
+    # What the dashboard and the alerts read is what a worker exports.
+    exported = {name for name, _ in samples}
+    wanted = {
+        name
+        for expr in dashboard_expressions() + [rule["expr"] for rule in alert_rules()]
+        for name in metric_names(expr)
+        if name in APP_METRICS
+    }
+    assert wanted, "the dashboard reads no application metric"
+    assert wanted <= exported, f"read but not exported: {sorted(wanted - exported)}"
 
 
 def flower_get(port: int, path: str, auth: str | None) -> Any:
