@@ -89,7 +89,7 @@ def reset_broker() -> None:
     from votes_app.celery import DEAD, app
 
     with app.connection_for_write() as connection:
-        channel = connection.default_channel
+        channel: Any = connection.default_channel
         for name in (*ALL_QUEUES, DEAD):
             channel.queue_delete(name)
 
@@ -103,7 +103,7 @@ def queue_depths() -> dict[str, int]:
     depths = {}
     with app.connection_for_write() as connection:
         for name in (*ALL_QUEUES, DEAD):
-            channel = connection.channel()
+            channel: Any = connection.channel()
             try:
                 _, depths[name], _ = channel.queue_declare(name, passive=True)
             except NotFound:
@@ -273,7 +273,7 @@ class Worker(_Process):
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"worker exited early; see {self.log}")
-            replies = app.control.ping(timeout=0.5)
+            replies = app.control.ping(timeout=0.5) or []
             return any(name.startswith(prefix) for reply in replies for name in reply)
 
         wait_for(answered, timeout=timeout, what=f"worker {self.name} to answer ping")

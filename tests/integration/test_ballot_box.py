@@ -1,4 +1,4 @@
-"""The Redis side on a real Redis: claim, release, duplicate counts, voter roll, pending tallies."""
+"""The Redis side on a real Redis: claim, release, forget, duplicates, voter roll, pending votes."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from votes_app.ballot_box import (
     BallotBox,
     Claim,
     VoterRollMissing,
+    add_to_set,
+    claim_key,
     duplicate_count_key,
     load_voters,
-    vote_state_key,
     voter_roll_size,
 )
-from votes_app.tallies import PENDING, Tallies, TallyVote
+from votes_app.tallies import FLUSHING, PENDING, Tallies, TallyVote
 
 LAW = "law-001"
 ON_ROLL = [voter_hash(n, LAW) for n in range(1, 4)]
@@ -34,7 +35,7 @@ TTL = 3600
 
 @pytest.fixture
 def box(redis_client: redis.Redis) -> BallotBox:
-    return BallotBox(redis_client, state_ttl_seconds=TTL)
+    return BallotBox(redis_client, claim_ttl_seconds=TTL)
 
 
 @pytest.fixture
@@ -60,6 +61,10 @@ def test_claim_outcomes(box: BallotBox, roll: list[str], redis_client: redis.Red
     # A redelivered message carries the same task id: it finishes its own vote.
     assert box.claim([(h, "t1")]) == [Claim.CLAIMED]
     assert voted(redis_client) == {h}
+    # The claim holds the task id itself, and goes away by itself if nobody records it.
+    assert redis_client.get(claim_key(h)) == "t1"
+    assert 0 < int(redis_client.ttl(claim_key(h))) <= TTL
+    assert not redis_client.exists(claim_key(OFF_ROLL))
 
 
 def test_claims_in_one_round_trip_keep_their_order(box: BallotBox, roll: list[str]) -> None:
@@ -73,7 +78,7 @@ def test_missing_roll_raises_and_claims_nothing(box: BallotBox, redis_client: re
         box.claim([(ON_ROLL[0], "t1"), (ON_ROLL[1], "t2")])
 
     assert voted(redis_client) == set()
-    assert not redis_client.exists(vote_state_key(ON_ROLL[0]))
+    assert not redis_client.exists(claim_key(ON_ROLL[0]), claim_key(ON_ROLL[1]))
 
 
 # --- release ------------------------------------------------------------------------------
@@ -88,6 +93,7 @@ def test_release_undoes_our_own_claim(
     box.release([(h, "t1")])
 
     assert voted(redis_client) == set()
+    assert not redis_client.exists(claim_key(h))
     assert box.claim([(h, "t2")]) == [Claim.CLAIMED]
 
 
@@ -100,6 +106,7 @@ def test_release_leaves_another_tasks_claim(
     box.release([(h, "t2")])
 
     assert voted(redis_client) == {h}
+    assert redis_client.get(claim_key(h)) == "t1"
     assert box.claim([(h, "t2")]) == [Claim.TAKEN]
     assert box.claim([(h, "t1")]) == [Claim.CLAIMED]
 
@@ -118,6 +125,78 @@ def test_stale_release_after_a_new_claim_leaves_the_new_claim(
     assert voted(redis_client) == {h}
     assert box.claim([(h, "t3")]) == [Claim.TAKEN]
     assert box.claim([(h, "t2")]) == [Claim.CLAIMED]
+
+
+# --- forget (after the audit row is committed) --------------------------------------------
+
+
+def test_forget_drops_our_own_claim_and_keeps_the_vote(
+    box: BallotBox, roll: list[str], redis_client: redis.Redis
+) -> None:
+    h = roll[0]
+    box.claim([(h, "t1")])
+
+    box.forget_claims([(h, "t1")])
+
+    assert not redis_client.exists(claim_key(h))
+    # The voter has still voted: only the claim's memory is gone.
+    assert voted(redis_client) == {h}
+    assert box.claim([(h, "t2")]) == [Claim.TAKEN]
+    # Even our own redelivery is TAKEN now: PostgreSQL says whose the vote is (validation).
+    assert box.claim([(h, "t1")]) == [Claim.TAKEN]
+
+
+def test_forget_leaves_another_tasks_claim(
+    box: BallotBox, roll: list[str], redis_client: redis.Redis
+) -> None:
+    h = roll[0]
+    box.claim([(h, "t1")])
+
+    box.forget_claims([(h, "t2")])
+
+    assert redis_client.get(claim_key(h)) == "t1"
+    assert box.claim([(h, "t1")]) == [Claim.CLAIMED]
+
+
+def test_stale_forget_after_a_new_claim_leaves_the_new_claim(
+    box: BallotBox, roll: list[str], redis_client: redis.Redis
+) -> None:
+    h = roll[0]
+    box.claim([(h, "t1")])
+    box.release([(h, "t1")])
+    box.claim([(h, "t2")])
+
+    box.forget_claims([(h, "t1")])
+
+    assert redis_client.get(claim_key(h)) == "t2"
+    assert box.claim([(h, "t2")]) == [Claim.CLAIMED]
+
+
+def test_release_after_forget_does_not_undo_the_vote(
+    box: BallotBox, roll: list[str], redis_client: redis.Redis
+) -> None:
+    # A late release (a retry that lost the race with its own commit) must not free a
+    # voter whose vote is recorded: without the claim, it has nothing of ours to undo.
+    h = roll[0]
+    box.claim([(h, "t1")])
+    box.forget_claims([(h, "t1")])
+
+    box.release([(h, "t1")])
+
+    assert voted(redis_client) == {h}
+    assert box.claim([(h, "t9")]) == [Claim.TAKEN]
+
+
+def test_forget_in_one_round_trip_touches_only_our_claims(
+    box: BallotBox, roll: list[str], redis_client: redis.Redis
+) -> None:
+    box.claim([(roll[0], "t1"), (roll[1], "t2"), (roll[2], "t3")])
+
+    box.forget_claims([(roll[0], "t1"), (roll[1], "not-t2"), (roll[2], "t3"), (OFF_ROLL, "t4")])
+
+    assert [redis_client.get(claim_key(h)) for h in roll] == [None, "t2", None]
+    assert not redis_client.exists(claim_key(OFF_ROLL))
+    assert voted(redis_client) == set(roll)
 
 
 # --- duplicates ---------------------------------------------------------------------------
@@ -140,12 +219,16 @@ def test_duplicate_is_counted_once_per_task_id(box: BallotBox, redis_client: red
 # --- voter roll ---------------------------------------------------------------------------
 
 
-def test_load_voters_counts_new_and_present(redis_client: redis.Redis) -> None:
+def test_adding_to_a_set_counts_new_and_present_per_trip(redis_client: redis.Redis) -> None:
     first = [voter_hash(n, LAW) for n in range(2_500)]
     second = [voter_hash(n, LAW) for n in range(2_000, 3_000)]
 
-    trips = list(load_voters(redis_client, first, members_per_sadd=400, sadds_per_trip=3))
-    again = list(load_voters(redis_client, second, members_per_sadd=400, sadds_per_trip=3))
+    trips = list(
+        add_to_set(redis_client, VALID_HASHES, first, members_per_sadd=400, sadds_per_trip=3)
+    )
+    again = list(
+        add_to_set(redis_client, VALID_HASHES, second, members_per_sadd=400, sadds_per_trip=3)
+    )
 
     assert [sent for sent, _ in trips] == [1_200, 1_200, 100]
     assert sum(new for _, new in trips) == len(first)
@@ -153,6 +236,17 @@ def test_load_voters_counts_new_and_present(redis_client: redis.Redis) -> None:
     assert sum(new for _, new in again) == len(set(second) - set(first))
     assert voter_roll_size(redis_client) == len(set(first) | set(second))
     assert redis_client.sismember(VALID_HASHES, second[-1])
+
+
+def test_load_voters_fills_the_roll_only(redis_client: redis.Redis) -> None:
+    hashes = [voter_hash(n, LAW) for n in range(1_500)]
+
+    loaded = list(load_voters(redis_client, hashes + hashes[:100]))
+
+    assert sum(sent for sent, _ in loaded) == len(hashes) + 100
+    assert sum(new for _, new in loaded) == len(hashes)
+    assert voter_roll_size(redis_client) == len(hashes)
+    assert voted(redis_client) == set()
 
 
 # --- one voter, fifty workers -------------------------------------------------------------
@@ -164,7 +258,7 @@ def claim_after_barrier(
     vote_hash: str, task_id: str, barrier: Barrier, answers: Queue[tuple[str, str]]
 ) -> None:
     client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
-    box = BallotBox(client, state_ttl_seconds=TTL)
+    box = BallotBox(client, claim_ttl_seconds=TTL)
     # Connected, and the script in Redis's cache, before the barrier: then the claims race.
     box.claim([(OFF_ROLL, f"{task_id}-warm-up")])
     barrier.wait(timeout=30)
@@ -196,50 +290,79 @@ def test_one_hash_claimed_by_fifty_processes_at_once(
     assert [process.exitcode for process in processes] == [0] * CONTENDERS
     assert Counter(claim for _, claim in replies) == {"claimed": 1, "taken": CONTENDERS - 1}
     [winner] = [task_id for task_id, claim in replies if claim == "claimed"]
-    assert redis_client.get(vote_state_key(h)) == f"claimed:{winner}"
+    assert redis_client.get(claim_key(h)) == winner
     assert voted(redis_client) == {h}
     assert redis_client.scard(VOTED_HASHES) == 1
 
 
-# --- pending tallies ----------------------------------------------------------------------
+# --- pending votes -----------------------------------------------------------------------
 
 
-def pending(client: redis.Redis) -> dict[str, str]:
-    return dict(client.hgetall(PENDING))  # type: ignore[arg-type]
+def pending(client: redis.Redis) -> set[str]:
+    return set(client.smembers(PENDING))  # type: ignore[arg-type]
+
+
+def tally_vote(n: int, law: str = LAW, choice: str = "oui") -> TallyVote:
+    return TallyVote.model_validate(
+        {"vote_hash": voter_hash(n, law), "law_id": law, "choice": choice}
+    )
 
 
 def test_a_vote_is_added_to_pending_once(redis_client: redis.Redis) -> None:
-    tallies = Tallies(redis_client, state_ttl_seconds=TTL)
-    vote = TallyVote(vote_hash=ON_ROLL[0], law_id=LAW, choice="oui")
+    tallies = Tallies(redis_client)
+    vote = tally_vote(1)
 
     first = tallies.add_pending([vote, vote, vote])
     again = tallies.add_pending([vote])
 
     assert (first, again) == (1, 0)
-    assert pending(redis_client) == {f"{LAW}:oui": "1"}
+    assert pending(redis_client) == {vote.vote_hash}
+    assert tallies.pending_count() == 1
 
 
-def test_a_claimed_vote_is_added_once(box: BallotBox, roll: list[str]) -> None:
-    # In the pipeline the claim has already written the vote's state key.
-    tallies = Tallies(box.redis, state_ttl_seconds=TTL)
-    box.claim([(roll[0], "t1")])
-    vote = TallyVote(vote_hash=roll[0], law_id=LAW, choice="non")
+def test_pending_holds_hashes_only(redis_client: redis.Redis) -> None:
+    # No choice, no law, no per-vote key: Redis lists which votes to count, PostgreSQL
+    # knows what they are and whether they were counted.
+    tallies = Tallies(redis_client)
+    votes = [tally_vote(n, choice=("oui", "non")[n % 2]) for n in range(10)]
 
-    added = [tallies.add_pending([vote]) for _ in range(3)]
+    tallies.add_pending(votes)
 
-    assert added == [1, 0, 0]
-    assert tallies.pending_counts() == {(LAW, "non"): 1}
+    assert set(redis_client.keys("*")) == {PENDING}
+    assert pending(redis_client) == {vote.vote_hash for vote in votes}
+    assert redis_client.ttl(PENDING) == -1  # never expires: a pending vote is not dropped
 
 
-def test_pending_counts_per_law_and_choice(redis_client: redis.Redis) -> None:
-    tallies = Tallies(redis_client, state_ttl_seconds=TTL)
+def test_adding_nothing_is_a_no_op(redis_client: redis.Redis) -> None:
+    tallies = Tallies(redis_client)
+
+    assert tallies.add_pending([]) == 0
+    assert tallies.pending_count() == 0
+    assert not redis_client.exists(PENDING)
+
+
+def test_pending_count_covers_pending_and_flushing(redis_client: redis.Redis) -> None:
+    tallies = Tallies(redis_client)
     votes = [
-        TallyVote(vote_hash=voter_hash(n, law), law_id=law, choice=choice)
+        tally_vote(n, law, choice)
         for n in range(60)
         for law, choice in [(("law-001", "law-002")[n % 2], ("oui", "non", "oui")[n % 3])]
     ]
 
-    added = tallies.add_pending(votes) + tallies.add_pending(votes[::-1])
-
+    added = tallies.add_pending(votes[:40]) + tallies.add_pending(votes[::-1])
     assert added == len(votes)
-    assert tallies.pending_counts() == dict(Counter((v.law_id, v.choice) for v in votes))
+    assert tallies.pending_count() == len(votes)
+
+    batch = tallies.take_pending()
+    assert batch is not None
+    later = [tally_vote(n) for n in range(100, 107)]
+    tallies.add_pending(later)
+
+    assert sorted(batch.vote_hashes) == sorted(vote.vote_hash for vote in votes)
+    assert redis_client.scard(FLUSHING) == len(votes)
+    assert pending(redis_client) == {vote.vote_hash for vote in later}
+    assert tallies.pending_count() == len(votes) + len(later)
+
+    tallies.finish(batch)
+
+    assert tallies.pending_count() == len(later)

@@ -42,7 +42,12 @@ def test_defaults_work_on_a_developer_machine() -> None:
         5432,
     )
     assert settings.flush_interval_seconds == 1.0
-    assert settings.vote_state_ttl_seconds == 86_400
+    assert settings.claim_ttl_seconds == 86_400
+    assert settings.tally_straggler_seconds == 60.0
+    assert (settings.validate_batch_size, settings.validate_batch_ms) == (100, 50)
+    # Room for a full batch held unacknowledged while the next one fills.
+    assert settings.worker_prefetch_multiplier == 200
+    assert settings.worker_prefetch_multiplier >= settings.validate_batch_size
     assert settings.max_clock_skew_seconds == 300
     assert settings.broker_confirm_publish is True
 
@@ -52,7 +57,11 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("FLUSH_INTERVAL_SECONDS", "2.5")
     monkeypatch.setenv("DATABASE_POOL_SIZE", "17")
     monkeypatch.setenv("BROKER_CONFIRM_PUBLISH", "false")
-    monkeypatch.setenv("VOTE_STATE_TTL_SECONDS", "3600")
+    monkeypatch.setenv("CLAIM_TTL_SECONDS", "3600")
+    monkeypatch.setenv("TALLY_STRAGGLER_SECONDS", "0.5")
+    monkeypatch.setenv("VALIDATE_BATCH_SIZE", "250")
+    monkeypatch.setenv("VALIDATE_BATCH_MS", "20")
+    monkeypatch.setenv("WORKER_PREFETCH_MULTIPLIER", "300")
     for name, (url, _) in SECRET_URLS.items():
         monkeypatch.setenv(name, url)
 
@@ -61,7 +70,11 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.flush_interval_seconds == 2.5 != default.flush_interval_seconds
     assert settings.database_pool_size == 17 != default.database_pool_size
     assert settings.broker_confirm_publish is False
-    assert settings.vote_state_ttl_seconds == 3600
+    assert settings.claim_ttl_seconds == 3600 != default.claim_ttl_seconds
+    assert settings.tally_straggler_seconds == 0.5 != default.tally_straggler_seconds
+    assert settings.validate_batch_size == 250 != default.validate_batch_size
+    assert settings.validate_batch_ms == 20 != default.validate_batch_ms
+    assert settings.worker_prefetch_multiplier == 300 != default.worker_prefetch_multiplier
     assert settings.broker_url == SECRET_URLS["CELERY_BROKER_URL"][0]
     assert settings.redis_url.get_secret_value() == SECRET_URLS["REDIS_URL"][0]
     assert settings.database_url.get_secret_value() == SECRET_URLS["DATABASE_URL"][0]
@@ -89,7 +102,15 @@ def test_dot_env_is_read_and_environment_wins(
         ("DATABASE_POOL_SIZE", "0"),
         ("DATABASE_POOL_SIZE", "2.5"),
         ("WORKER_PREFETCH_MULTIPLIER", "0"),
-        ("VOTE_STATE_TTL_SECONDS", "59"),
+        ("CLAIM_TTL_SECONDS", "59"),
+        ("CLAIM_TTL_SECONDS", "1.5"),
+        ("TALLY_STRAGGLER_SECONDS", "0"),
+        ("TALLY_STRAGGLER_SECONDS", "-1"),
+        ("TALLY_STRAGGLER_SECONDS", "inf"),
+        ("TALLY_STRAGGLER_SECONDS", "nan"),
+        ("VALIDATE_BATCH_SIZE", "0"),
+        ("VALIDATE_BATCH_SIZE", "10001"),
+        ("VALIDATE_BATCH_MS", "0"),
         ("MAX_CLOCK_SKEW_SECONDS", "-1"),
         ("RETRY_BACKOFF_MAX_SECONDS", "0"),
         ("MAX_RETRIES", "-1"),

@@ -1,81 +1,135 @@
-"""Tally arithmetic without services: PendingBatch rows and totals, parsing of HGETALL data."""
+"""Tally rules without services: the aggregation message, flush results, hash chunking."""
 
 from __future__ import annotations
 
-import random
+import hashlib
 from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
-from votes_app.tallies import PendingBatch, _parse_counts
+from votes_app.schemas import Ballot, Vote
+from votes_app.tallies import FlushResult, TallyVote, _chunks
+from votes_app.validation import Outcome
 
-LAWS = ["law-010", "law-002", "Law_3.b", "law-001"]
-
-
-def cast_votes(count: int, seed: int) -> list[tuple[str, str]]:
-    chooser = random.Random(seed)
-    return [(chooser.choice(LAWS), chooser.choice(("oui", "non"))) for _ in range(count)]
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_rows_add_up_to_the_votes(seed: int) -> None:
-    votes = cast_votes(500, seed)
-    batch = PendingBatch(batch_id="b1", counts=dict(Counter(votes)))
-
-    rows = batch.rows()
-
-    assert batch.vote_count == len(votes)
-    assert sum(int(str(r["oui_count"])) + int(str(r["non_count"])) for r in rows) == len(votes)
-    for row in rows:
-        assert row["oui_count"] == sum(1 for vote in votes if vote == (row["law_id"], "oui"))
-        assert row["non_count"] == sum(1 for vote in votes if vote == (row["law_id"], "non"))
+HASH = hashlib.sha256(b"nas|000000001|law-001").hexdigest()
+GOOD: dict[str, Any] = {"vote_hash": HASH, "law_id": "law-001", "choice": "oui"}
+# aggregate_vote reads its `votes` argument exactly this way.
+MESSAGE = TypeAdapter(list[TallyVote])
 
 
-def test_rows_come_once_per_law_in_law_order() -> None:
-    # The order is the lock order of the upsert: the same for every flush, so no deadlock.
-    batch = PendingBatch(batch_id="b1", counts=dict(Counter(cast_votes(200, 4))))
+def test_a_recorded_vote_round_trips_through_the_message() -> None:
+    vote = TallyVote(**GOOD)
 
-    laws = [row["law_id"] for row in batch.rows()]
-
-    assert laws == sorted(set(LAWS))
+    assert MESSAGE.validate_python([vote.model_dump()]) == [vote]
+    assert vote.model_dump() == GOOD
 
 
-def test_a_law_with_one_choice_gets_zero_for_the_other() -> None:
-    batch = PendingBatch(batch_id="b1", counts={("law-001", "non"): 4, ("law-002", "oui"): 3})
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("vote_hash", HASH[:-1]),
+        ("vote_hash", HASH + "0"),
+        ("vote_hash", "g" * 64),
+        # Hashes are lower-cased before they are recorded: an upper-case one in a tally
+        # message is not a hash the audit log can hold, so it is refused, not counted.
+        ("vote_hash", HASH.upper()),
+        ("vote_hash", f"{HASH[:32]}' OR '1'='1"),
+        ("law_id", ""),
+        ("law_id", "x" * 51),
+        ("law_id", "law 001"),
+        ("law_id", "law-001;DROP TABLE vote_results"),
+        ("choice", "OUI"),
+        ("choice", "abstention"),
+        ("choice", ""),
+        ("vote_hash", None),
+        ("law_id", 7),
+    ],
+)
+def test_a_bad_field_is_refused(field: str, value: object) -> None:
+    with pytest.raises(ValidationError) as caught:
+        MESSAGE.validate_python([{**GOOD, field: value}])
 
-    assert batch.rows() == [
-        {"law_id": "law-001", "oui_count": 0, "non_count": 4},
-        {"law_id": "law-002", "oui_count": 3, "non_count": 0},
+    assert [error["loc"] for error in caught.value.errors()] == [(0, field)]
+
+
+@pytest.mark.parametrize("extra", ["citizen_id", "timestamp", "count"])
+def test_an_extra_field_is_refused(extra: str) -> None:
+    # Above all citizen_id: no voter identity ever travels with a choice to the tallies.
+    with pytest.raises(ValidationError) as caught:
+        MESSAGE.validate_python([{**GOOD, extra: "x"}])
+
+    assert [(e["loc"], e["type"]) for e in caught.value.errors()] == [
+        ((0, extra), "extra_forbidden")
     ]
-    assert batch.vote_count == 7
 
 
-def test_empty_batch_has_no_rows() -> None:
-    batch = PendingBatch(batch_id="b1", counts={})
+@pytest.mark.parametrize("missing", sorted(GOOD))
+def test_a_missing_field_is_refused(missing: str) -> None:
+    fields = {name: value for name, value in GOOD.items() if name != missing}
 
-    assert (batch.rows(), batch.vote_count) == ([], 0)
-
-
-def test_hgetall_mapping_and_flat_script_reply_parse_alike() -> None:
-    counts = Counter(cast_votes(300, 5))
-    as_hash = {f"{law}:{choice}": str(n) for (law, choice), n in counts.items()}
-    # A Lua script's HGETALL reply reaches Python as a flat [field, value, ...] list.
-    as_reply = [item for pair in as_hash.items() for item in pair]
-
-    assert _parse_counts(as_hash) == dict(counts)
-    assert _parse_counts(as_reply) == dict(counts)
+    with pytest.raises(ValidationError):
+        TallyVote(**fields)
 
 
-def test_law_ids_with_separators_survive_parsing() -> None:
-    parsed = _parse_counts({"a.b_c-d:oui": "2", "a.b_c-d:non": "5", "x:oui": "1"})
+def test_a_tally_vote_is_frozen() -> None:
+    vote = TallyVote(**GOOD)
 
-    assert parsed == {("a.b_c-d", "oui"): 2, ("a.b_c-d", "non"): 5, ("x", "oui"): 1}
-
-
-def test_empty_hash_parses_to_nothing() -> None:
-    assert _parse_counts({}) == {} == _parse_counts([])
+    with pytest.raises(ValidationError):
+        vote.choice = "non"  # type: ignore[misc]
 
 
-def test_truncated_flat_reply_is_an_error_not_a_silent_loss() -> None:
-    with pytest.raises(ValueError):
-        _parse_counts(["law-001:oui", "3", "law-001:non"])
+def test_recorded_ballots_become_tally_votes_without_the_citizen_id() -> None:
+    ballots = [
+        Ballot(
+            task_id=f"task-{n}",
+            vote=Vote(
+                vote_hash=hashlib.sha256(f"nas|{n}|law-001".encode()).hexdigest().upper(),
+                law_id="law-001",
+                choice="non",
+                timestamp=datetime(2026, 11, 27, 9, 30, tzinfo=UTC),
+                citizen_id="CITIZEN-1",
+            ),
+        )
+        for n in range(3)
+    ]
+
+    votes = Outcome(recorded=ballots).tally_votes()
+
+    assert [vote.vote_hash for vote in votes] == [b.vote.vote_hash.lower() for b in ballots]
+    assert {(vote.law_id, vote.choice) for vote in votes} == {("law-001", "non")}
+    assert all("CITIZEN" not in vote.model_dump_json() for vote in votes)
+
+
+# --- FlushResult -------------------------------------------------------------------------
+
+
+def test_vote_count_is_the_sum_of_what_was_counted() -> None:
+    counted = Counter({("law-001", "oui"): 4, ("law-001", "non"): 2, ("law-002", "oui"): 1})
+
+    result = FlushResult(batch_id="b1", offered=9, counted=dict(counted), applied=True)
+
+    # Offered is what Redis listed; only what PostgreSQL marked is counted.
+    assert (result.offered, result.vote_count) == (9, 7)
+
+
+def test_a_batch_applied_before_counts_nothing() -> None:
+    result = FlushResult(batch_id="b1", offered=5, counted={}, applied=False)
+
+    assert result.vote_count == 0
+
+
+# --- chunks of hashes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("items", "size"), [(0, 3), (1, 3), (3, 3), (10, 3), (10, 1), (7, 50)])
+def test_chunks_hold_every_hash_once_in_order(items: int, size: int) -> None:
+    hashes = [f"{n:064x}" for n in range(items)]
+
+    chunks = list(_chunks(hashes, size))
+
+    assert [h for chunk in chunks for h in chunk] == hashes
+    assert all(0 < len(chunk) <= size for chunk in chunks)
+    assert len(chunks) == -(-items // size)
