@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import redis
 import sqlalchemy as sa
@@ -123,23 +122,37 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-def _count_marked(session: Session, marked: Any) -> Counter[tuple[str, str]]:
-    """Add the rows of the `marked` CTE to `vote_results` (one upsert); what it added."""
-    per_law = (
-        sa.select(
-            marked.c.law_id,
-            sa.func.count().filter(marked.c.choice == "oui").label("oui_count"),
-            sa.func.count().filter(marked.c.choice == "non").label("non_count"),
-        )
-        .group_by(marked.c.law_id)
-        # Law order: concurrent flushes lock vote_results rows in the same order.
-        .order_by(marked.c.law_id)
-        .cte("per_law")
+def _mark(
+    session: Session, batch_id: str, which: sa.ColumnElement[bool]
+) -> Counter[tuple[str, str]]:
+    """Mark the uncounted votes `which` selects as counted by this batch; how many per
+    law and choice. Locks audit rows only: vote_results is touched once, afterwards."""
+    marked = (
+        sa.update(VoteAudit)
+        .values(tally_batch=batch_id)
+        .where(VoteAudit.tally_batch.is_(None), which)
+        .returning(VoteAudit.law_id, VoteAudit.choice)
+        .cte("marked")
     )
-    upsert = pg_insert(VoteResult).from_select(
-        ["law_id", "oui_count", "non_count"], sa.select(per_law)
+    per_choice = sa.select(marked.c.law_id, marked.c.choice, sa.func.count()).group_by(
+        marked.c.law_id, marked.c.choice
     )
-    upserted = (
+    return Counter({(law_id, choice): n for law_id, choice, n in session.execute(per_choice)})
+
+
+def _add_to_results(session: Session, counted: Counter[tuple[str, str]]) -> None:
+    """One upsert (INSERT ... ON CONFLICT DO UPDATE) of the increments per law."""
+    laws = sorted({law_id for law_id, _ in counted})
+    if not laws:
+        return
+    rows = [
+        {"law_id": law, "oui_count": counted[(law, "oui")], "non_count": counted[(law, "non")]}
+        # Law order: concurrent flushes lock vote_results rows in the same order, so they
+        # wait for each other instead of deadlocking.
+        for law in laws
+    ]
+    upsert = pg_insert(VoteResult).values(rows)
+    session.execute(
         upsert.on_conflict_do_update(
             index_elements=[VoteResult.law_id],
             set_={
@@ -148,25 +161,6 @@ def _count_marked(session: Session, marked: Any) -> Counter[tuple[str, str]]:
                 "updated_at": sa.func.now(),
             },
         )
-        .returning(VoteResult.law_id)
-        .cte("upserted")
-    )
-    # One statement: mark, group, upsert, and read back what was added. PostgreSQL runs a
-    # data-modifying WITH to completion whether or not the outer query reads it.
-    added = session.execute(sa.select(per_law).add_cte(upserted))
-    counted: Counter[tuple[str, str]] = Counter()
-    for law_id, oui, non in added:
-        counted[(law_id, "oui")] += oui
-        counted[(law_id, "non")] += non
-    return +counted
-
-
-def _mark(batch_id: str) -> sa.Update:
-    return (
-        sa.update(VoteAudit)
-        .values(tally_batch=batch_id)
-        .where(VoteAudit.tally_batch.is_(None))
-        .returning(VoteAudit.law_id, VoteAudit.choice)
     )
 
 
@@ -194,8 +188,7 @@ def apply_batch(
         return None
     counted: Counter[tuple[str, str]] = Counter()
     for hashes in _chunks(sorted(batch.vote_hashes), MARK_CHUNK):
-        marked = _mark(batch.batch_id).where(VoteAudit.vote_hash.in_(hashes)).cte("marked")
-        counted += _count_marked(session, marked)
+        counted += _mark(session, batch.batch_id, VoteAudit.vote_hash.in_(hashes))
     if straggler_age is not None:
         stragglers = (
             sa.select(VoteAudit.id)
@@ -207,8 +200,8 @@ def apply_batch(
             # Another flush sweeping at the same moment takes other rows instead of waiting.
             .with_for_update(skip_locked=True)
         )
-        marked = _mark(batch.batch_id).where(VoteAudit.id.in_(stragglers)).cte("marked")
-        counted += _count_marked(session, marked)
+        counted += _mark(session, batch.batch_id, VoteAudit.id.in_(stragglers))
+    _add_to_results(session, counted)
     session.execute(
         sa.update(TallyBatch)
         .where(TallyBatch.batch_id == batch.batch_id)

@@ -568,14 +568,6 @@ def test_flush_tallies_task_on_a_real_worker(
 # --- found while testing ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sa.exc.OperationalError,
-    reason="apply_batch adds to vote_results in two statements (listed votes, then "
-    "stragglers), each in law order but not in one order together: a flush holding law B "
-    "for its listed votes waits for law A in its sweep while a sweep-only flush holds A and "
-    "waits for B, and PostgreSQL aborts one of them with a deadlock",
-)
 def test_a_listed_flush_and_a_sweep_at_once_do_not_deadlock(
     engine: sa.Engine, tallies: Tallies, voters: Iterator[int]
 ) -> None:
