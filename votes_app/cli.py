@@ -354,7 +354,10 @@ def run_in_namespace(name: str, *, redis_index: int, module: str, args: list[str
     import os
     import subprocess
 
+    from dotenv import dotenv_values
+
     prefix = name.upper()
+    configured = {**dotenv_values(".env"), **os.environ}
     defaults = {
         "DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/votes_{name}",
         "REDIS_URL": f"redis://127.0.0.1:6379/{redis_index}",
@@ -362,7 +365,7 @@ def run_in_namespace(name: str, *, redis_index: int, module: str, args: list[str
     }
     env = os.environ.copy()
     for variable, default in defaults.items():
-        env[variable] = os.environ.get(f"{prefix}_{variable.removeprefix('CELERY_')}", default)
+        env[variable] = configured.get(f"{prefix}_{variable.removeprefix('CELERY_')}") or default
     sys.exit(subprocess.run([sys.executable, "-m", module, *args], env=env).returncode)
 
 

@@ -23,6 +23,8 @@ class Line:
 
 def compare(*, session: Session) -> list[Line]:
     """One line per law and choice present on either side, sorted; read in one snapshot."""
+    # Both sides from one snapshot, or a flush between the two reads would show as drift.
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     tallied = tallies.results_by_law(session=session)
     audited = audit.counts_by_law(session=session)
     return [

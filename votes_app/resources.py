@@ -22,6 +22,8 @@ def get_engine() -> sa.Engine:
         settings.database_url.get_secret_value(),
         pool_size=settings.database_pool_size,
         pool_pre_ping=True,
+        # Error messages must not carry vote hashes and choices into the logs.
+        hide_parameters=True,
     )
 
 
