@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import make_url
+
+from votes_app import harness
+from votes_app.harness import alembic_config as alembic_config
+from votes_app.harness import queue_depths as queue_depths
+from votes_app.harness import voter_hash as voter_hash
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_QUEUES = ("votes.validation", "votes.aggregation", "votes.review")
@@ -28,15 +28,11 @@ T = TypeVar("T")
 def wait_for(
     predicate: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.1, what: str = ""
 ) -> T:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
-        time.sleep(interval)
+    """`harness.wait_for`, failing the test (AssertionError) when the deadline passes."""
+    try:
+        return harness.wait_for(predicate, timeout=timeout, interval=interval, what=what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 # --- state --------------------------------------------------------------------------------
@@ -52,13 +48,6 @@ def migrate_fresh_database(url: str) -> None:
         connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     alembic_upgrade(url, "head")
-
-
-def alembic_config(url: str) -> Config:
-    config = Config(str(REPO / "alembic.ini"))
-    config.attributes["database_url"] = url
-    config.attributes["configure_logger"] = False
-    return config
 
 
 def alembic_upgrade(url: str, revision: str) -> None:
@@ -85,41 +74,20 @@ def reset_redis() -> None:
 
 
 def reset_broker() -> None:
-    """Delete our queues (and anything in them); the next worker or publisher re-declares."""
-    from votes_app.celery import DEAD, app
+    """Empty our queues by deleting and declaring them again.
+
+    Declared again at once: a producer's connection remembers the queues it declared, and
+    would publish a vote into an exchange with no queue bound to it.
+    """
+    from votes_app.celery import DEAD, app, declare_dead_letters
 
     with app.connection_for_write() as connection:
         channel: Any = connection.default_channel
         for name in (*ALL_QUEUES, DEAD):
             channel.queue_delete(name)
-
-
-def queue_depths() -> dict[str, int]:
-    """Ready messages per queue (declared passively; a missing queue counts as empty)."""
-    from amqp.exceptions import NotFound
-
-    from votes_app.celery import DEAD, app
-
-    depths = {}
-    with app.connection_for_write() as connection:
-        for name in (*ALL_QUEUES, DEAD):
-            channel: Any = connection.channel()
-            try:
-                _, depths[name], _ = channel.queue_declare(name, passive=True)
-            except NotFound:
-                depths[name] = 0
-            finally:
-                if channel.is_open:
-                    channel.close()
-    return depths
-
-
-# --- data -----------------------------------------------------------------------------
-
-
-def voter_hash(voter: int, law_id: str) -> str:
-    """SHA-256 of `nas|CODE|law_id`, as the front end computes it offline."""
-    return hashlib.sha256(f"nas|{voter:09d}|{law_id}".encode()).hexdigest()
+        for queue in app.conf.task_queues:
+            queue.bind(channel).declare()
+        declare_dead_letters(connection)
 
 
 def vote(vote_hash: str, law_id: str, choice: str, **extra: Any) -> dict[str, Any]:
@@ -183,110 +151,22 @@ def run_votes(
 # --- processes ------------------------------------------------------------------------
 
 
-class _Process:
-    """A celery subprocess in its own process group, logging to a file."""
+class Worker(harness.Worker):
+    """A worker with a name of its own in this test session; ready when `start()` returns."""
 
-    argv: Sequence[str]
-
-    def __init__(self, log: Path) -> None:
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Self:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "votes_app", *self.argv],
-                cwd=REPO,
-                env=os.environ.copy(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def kill(self) -> None:
-        """SIGKILL the whole group: main process and pool children, no goodbyes."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self, timeout: float = 60) -> None:
-        """SIGTERM: warm shutdown, finishing what it holds; SIGKILL if it hangs."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class Worker(_Process):
     _count = 0
 
     def __init__(
-        self, log: Path, *, queues: Sequence[str] = ALL_QUEUES, concurrency: int = 2
+        self,
+        log: Path,
+        *,
+        queues: Sequence[str] = ALL_QUEUES,
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(log)
         Worker._count += 1
-        self.name = f"test{Worker._count}-{os.getpid()}@%h"
-        self.argv = [
-            "worker",
-            "-Q",
-            ",".join(queues),
-            "-c",
-            str(concurrency),
-            "-n",
-            self.name,
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "INFO",
-        ]
-
-    def start(self) -> Self:
-        super().start()
-        self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        from votes_app.celery import app
-
-        prefix = self.name.split("@")[0] + "@"
-
-        def answered() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited early; see {self.log}")
-            replies = app.control.ping(timeout=0.5) or []
-            return any(name.startswith(prefix) for reply in replies for name in reply)
-
-        wait_for(answered, timeout=timeout, what=f"worker {self.name} to answer ping")
-
-    def children(self) -> list[int]:
-        """Pids of the prefork pool processes."""
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.pid)], capture_output=True, text=True, check=False
-        ).stdout
-        return [int(pid) for pid in out.split()]
+        name = f"test{Worker._count}-{os.getpid()}@%h"
+        super().__init__(log, name=name, queues=queues, concurrency=concurrency, env=env)
 
 
-class Beat(_Process):
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory / "beat.log")
-        self.argv = ["beat", "-s", str(directory / "beat-schedule"), "-l", "INFO"]
+Beat = harness.Beat

@@ -9,6 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -69,6 +70,39 @@ def clip(text: str, limit: int = REASON_MAX) -> str:
 
 
 @metrics.database_operation("record_review")
+def reviewed_key(task_id: str) -> str:
+    return f"reviewed:{task_id}"
+
+
+def not_yet_reviewed(client: redis.Redis, rejections: Sequence[Rejection]) -> list[Rejection]:
+    """The rejections whose message was not reviewed before: one count per message, however
+    often it is resent or redelivered. Duplicates need no such check (their attempt
+    number already counts each message once)."""
+    counted = [r for r in rejections if r.task_id and r.verdict is not Verdict.DUPLICATE]
+    pipe = client.pipeline(transaction=False)
+    for rejection in counted:
+        pipe.exists(reviewed_key(str(rejection.task_id)))
+    seen = {r.task_id for r, known in zip(counted, pipe.execute(), strict=True) if known}
+    fresh, taken = [], set()
+    for rejection in rejections:
+        if rejection.task_id in seen or (rejection.task_id, rejection.verdict) in taken:
+            continue
+        taken.add((rejection.task_id, rejection.verdict))
+        fresh.append(rejection)
+    return fresh
+
+
+def mark_reviewed(
+    client: redis.Redis, rejections: Sequence[Rejection], *, ttl_seconds: int
+) -> None:
+    """Remember the reviewed messages (after their rows are committed)."""
+    pipe = client.pipeline(transaction=False)
+    for rejection in rejections:
+        if rejection.task_id and rejection.verdict is not Verdict.DUPLICATE:
+            pipe.set(reviewed_key(rejection.task_id), "1", ex=ttl_seconds)
+    pipe.execute()
+
+
 def record_rejections(*, session: Session, rejections: Sequence[Rejection]) -> None:
     """Store rejections; replaying the same ones leaves duplicate counts unchanged."""
     duplicates = [r for r in rejections if r.verdict is Verdict.DUPLICATE]

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 HASH_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 LAW_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,50}")
 CITIZEN_ID_MAX_LENGTH = 256
+# Votes are cast now: anything this old is a producer's bug, not a vote.
+EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 
 # Positional order of `validate_vote(vote_hash, law_id, choice, timestamp, citizen_id=None)`.
 FIELD_ORDER = ("vote_hash", "law_id", "choice", "timestamp", "citizen_id")
@@ -50,16 +52,24 @@ class Vote(BaseModel):
     @classmethod
     def _timestamp_is_iso_with_zone(cls, value: object) -> datetime:
         # Celery's JSON turns a Python producer's datetime into a tagged string and back.
-        if isinstance(value, datetime) and value.utcoffset() is not None:
-            return value
-        if not isinstance(value, str):
+        if isinstance(value, datetime):
+            parsed = value
+        elif isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError("must be an ISO 8601 date and time with a time zone") from None
+        else:
             raise ValueError("must be an ISO 8601 string with a time zone")
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError("must be an ISO 8601 date and time with a time zone") from None
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             raise ValueError("must carry a time zone (e.g. 2026-11-27T09:30:00Z)")
+        # Year 1 at +14:00 is year 0 in UTC: PostgreSQL stores it, Python cannot read it back.
+        try:
+            in_utc = parsed.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(f"must not be before {EARLIEST_TIMESTAMP:%Y-%m-%d}") from None
+        if in_utc < EARLIEST_TIMESTAMP:
+            raise ValueError(f"must not be before {EARLIEST_TIMESTAMP:%Y-%m-%d}")
         return parsed
 
     @field_validator("citizen_id", mode="before")

@@ -322,8 +322,12 @@ def refresh_gauges() -> None:
 
 @app.task(base=VotesTask, bind=True, name="votes_app.record_review", **RETRY_POLICY)
 def record_review(self: Task[..., None], rejections: list[dict[str, Any]]) -> None:
-    """Store refused submissions for review."""
+    """Store refused submissions for review, each message once."""
+    client = get_redis()
+    fresh = review.not_yet_reviewed(client, _rejections.validate_python(rejections))
+    if not fresh:
+        return
     with session_scope() as session:
-        review.record_rejections(
-            session=session, rejections=_rejections.validate_python(rejections)
-        )
+        review.record_rejections(session=session, rejections=fresh)
+    # A crash right here counts these again on redelivery: at least once, not exactly.
+    review.mark_reviewed(client, fresh, ttl_seconds=settings.claim_ttl_seconds)

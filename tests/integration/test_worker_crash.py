@@ -1,0 +1,174 @@
+"""SIGKILL a worker in the middle of 5,000 votes: after a restart every vote counts once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from tests.support import (
+    ALL_QUEUES,
+    Beat,
+    Worker,
+    count_rows,
+    load_roll,
+    publish,
+    queue_depths,
+    results,
+    run_votes,
+    vote,
+    voter_hash,
+    wait_for,
+)
+
+LAWS = ("loi-21", "C.96", "projet_3")
+CHOICES = ("oui", "non")
+VOTERS = 4_700  # on the roll, one first vote each
+SECOND_VOTES = 200
+UNKNOWN = 100  # hashes not on the roll
+KILL_AFTER = 1_000  # audit rows before the kill
+
+# Generous deadlines: on a busy two-core machine the pipeline runs several times slower.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
+
+
+def work_queues_empty() -> bool:
+    depths = queue_depths()
+    return all(depths[name] == 0 for name in ALL_QUEUES)
+
+
+def settle(observe: Callable[[], dict[str, Any]], expected: dict[str, Any], timeout: float) -> None:
+    """Wait until `observe()` equals `expected` with the work queues empty; diff if never."""
+    try:
+        wait_for(
+            lambda: observe() == expected and work_queues_empty(),
+            timeout=timeout,
+            interval=0.2,
+            what="the pipeline to drain into the expected state",
+        )
+    except AssertionError:
+        assert observe() == expected
+        raise
+
+
+def fetch(engine: sa.Engine, query: str) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text(query))]
+
+
+def kill_one_pool_process(worker: Worker) -> Worker:
+    [victim, *_] = worker.children()
+    os.kill(victim, signal.SIGKILL)
+    # The main process notices the loss, requeues the task and forks a replacement.
+    wait_for(
+        lambda: f"pid:{victim} exited with 'signal 9 (SIGKILL)'" in worker.log.read_text(),
+        timeout=30,
+        what=f"the worker to report the loss of pool process {victim}",
+    )
+    return worker
+
+
+def kill_whole_worker(worker: Worker) -> Worker:
+    worker.kill()
+    assert worker.process is not None
+    assert worker.process.returncode == -signal.SIGKILL
+    return Worker(worker.log.with_name("worker-restarted.log")).start()
+
+
+@pytest.mark.parametrize(
+    "crash",
+    [
+        pytest.param(kill_one_pool_process, id="pool-process"),
+        pytest.param(kill_whole_worker, id="whole-worker"),
+    ],
+)
+def test_every_vote_counted_once_after_sigkill(
+    crash: Callable[[Worker], Worker],
+    beat: Beat,
+    engine: sa.Engine,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(5_000)
+    electorate = [(voter, rng.choice(LAWS)) for voter in range(VOTERS)]
+    first = [vote(voter_hash(v, law), law, rng.choice(CHOICES)) for v, law in electorate]
+    second = [
+        vote(ballot["vote_hash"], ballot["law_id"], rng.choice(CHOICES))
+        for ballot in rng.sample(first, SECOND_VOTES)
+    ]
+    strangers = [(1_000_000 + n, rng.choice(LAWS)) for n in range(UNKNOWN)]
+    unknown = [vote(voter_hash(v, law), law, rng.choice(CHOICES)) for v, law in strangers]
+    stream = first + second + unknown
+    assert len(stream) == 5_000
+    # Second votes anywhere in the stream: which of a voter's two votes wins is a race.
+    rng.shuffle(stream)
+    load_roll(voter_hash(v, law) for v, law in electorate)
+    publish(stream)
+
+    choices_of: defaultdict[str, set[str]] = defaultdict(set)
+    for ballot in first + second:
+        choices_of[ballot["vote_hash"]].add(ballot["choice"])
+    law_of = {ballot["vote_hash"]: ballot["law_id"] for ballot in first}
+    per_law = Counter(law_of.values())
+
+    worker = Worker(tmp_path / "worker.log").start()
+    try:
+        wait_for(lambda: count_rows("vote_audit") > KILL_AFTER, timeout=120, what="1,000 votes in")
+        worker = crash(worker)
+        audited_at_crash = count_rows("vote_audit")
+        assert audited_at_crash < VOTERS, "the crash came too late to be mid-stream"
+
+        def observe() -> dict[str, Any]:
+            tallied: Counter[str] = Counter()
+            for (law_id, _), count in results().items():
+                tallied[law_id] += count
+            return {
+                "audit rows": count_rows("vote_audit"),
+                "votes per law": tallied,
+                "duplicate rows": count_rows("duplicate_attempts"),
+                "invalid reviews": count_rows("vote_review", "WHERE kind = 'invalid'"),
+            }
+
+        settle(
+            observe,
+            {
+                "audit rows": VOTERS,
+                "votes per law": per_law,
+                "duplicate rows": SECOND_VOTES,
+                "invalid reviews": UNKNOWN,
+            },
+            timeout=240,
+        )
+    finally:
+        worker.stop()
+
+    audit = fetch(engine, "SELECT vote_hash, law_id, choice FROM vote_audit")
+    assert {vote_hash for vote_hash, _, _ in audit} == set(law_of)
+    assert [row for row in audit if row[1] != law_of[row[0]]] == []
+    assert [row for row in audit if row[2] not in choices_of[row[0]]] == []
+
+    audited = Counter((law_id, choice) for _, law_id, choice in audit)
+    assert results() == audited
+    reconciled = run_votes("reconcile")
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+
+    # Only a hash sent twice is a duplicate, and only once, however often it was delivered.
+    sent_twice = {ballot["vote_hash"]: ballot["law_id"] for ballot in second}
+    assert set(
+        fetch(engine, "SELECT vote_hash, law_id, attempt_count FROM duplicate_attempts")
+    ) == {(vote_hash, law_id, 1) for vote_hash, law_id in sent_twice.items()}
+    counters = {
+        key: int(redis_client.get(key) or 0) for key in redis_client.scan_iter("duplicate_count:*")
+    }
+    assert counters == {f"duplicate_count:{vote_hash}": 1 for vote_hash in sent_twice}
+    assert set(fetch(engine, "SELECT vote_hash, law_id FROM vote_review")) == {
+        (ballot["vote_hash"], ballot["law_id"]) for ballot in unknown
+    }
