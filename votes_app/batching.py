@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from celery import Celery
-from celery.worker.request import Request
+from celery.worker.request import Request as CeleryRequest
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
@@ -26,6 +26,7 @@ class SettledBatches(Batches):  # type: ignore[misc]
     `Batches` leaves silent: one event per batch, not two per vote.
     """
 
+    Request = "votes_app.consumer:VotesRequest"
     _events: Any = None
 
     def Strategy(self, task: Batches, app: Celery, consumer: Any) -> Callable[..., None]:
@@ -38,7 +39,7 @@ class SettledBatches(Batches):  # type: ignore[misc]
         if self._events is not None and self._events.enabled:
             self._events.send(kind, **fields)
 
-    def flush(self, requests: Collection[Request]) -> Any:
+    def flush(self, requests: Collection[CeleryRequest]) -> Any:
         requests = list(requests)
         batch = ([SimpleRequest.from_request(request) for request in requests],)
         batch_id = uuid.uuid4().hex

@@ -1,25 +1,94 @@
-"""The worker's message consumer: Celery's own, except that nothing undecodable is dropped."""
+"""The worker's message intake: Celery's own consumer and request, made safe for hostile input.
+
+Celery acknowledges (drops) a message it cannot decode, logs whole message bodies when a
+message is not a task or names an unknown task, and stops the worker when a task message
+has the wrong shape. Here every such message is rejected without requeue, which RabbitMQ
+dead-letters to votes.dead, and logged in one line without its body: a vote in the wrong
+format still carries a hash and perhaps a citizen id.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from celery.exceptions import InvalidTaskError
 from celery.utils.log import get_logger
 from celery.worker.consumer import Consumer
+from celery.worker.request import Request
+from redis import RedisError
+
+from votes_app.config import get_settings
+from votes_app.dead_letters import remember_reason
+from votes_app.resources import get_redis
 
 logger = get_logger(__name__)
 
+NAME_SHOWN = 80  # characters of an unknown task name worth a log line
+
+
+class VotesRequest(Request):
+    """A task request that refuses, as an invalid task, a message of the wrong shape."""
+
+    def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(message, *args, **kwargs)
+        except KeyError as exc:
+            raise InvalidTaskError(f"task message without the {exc} header") from None
+        payload = self._payload  # type: ignore[attr-defined]
+        if not (
+            isinstance(payload, list | tuple)
+            and len(payload) == 3
+            and isinstance(payload[0], list | tuple)
+            and isinstance(payload[1], Mapping)
+        ):
+            raise InvalidTaskError("task body is not [args, kwargs, options]")
+
 
 class VotesConsumer(Consumer):
-    """Celery acknowledges a message it cannot decode (non-JSON bytes, a content type it does
-    not accept) so that it cannot loop, which also throws it away. Rejecting it without
-    requeue ends the loop the same way and keeps it: RabbitMQ dead-letters it to votes.dead.
-    """
+    def _refuse(self, message: Any, why: str, *args: Any) -> None:
+        reason = why % args
+        logger.error("%s: to votes.dead", reason)
+        task_id = (message.headers or {}).get("id")
+        if isinstance(task_id, str):
+            # For `votes dead list`; best effort, Redis may be what is failing.
+            with contextlib.suppress(RedisError):
+                remember_reason(
+                    get_redis(), task_id, reason, ttl_seconds=get_settings().claim_ttl_seconds
+                )
+        message.reject_log_error(logger, self.connection_errors)  # type: ignore[attr-defined]
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        logger.error(
-            "undecodable message (%s, content type %r): to votes.dead",
+        self._refuse(
+            message,
+            "undecodable message (%s, content type %r)",
             type(exc).__name__,
             message.content_type,
         )
-        message.reject_log_error(logger, self.connection_errors)  # type: ignore[attr-defined]
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._refuse(message, "message without Celery task headers (%d bytes)", len(message.body))
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name = str((message.headers or {}).get("task", "?"))[:NAME_SHOWN]
+        self._refuse(message, "unknown task %r", name)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._refuse(message, "invalid task message (%s)", exc)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
+        handle: Callable[[Any], None] = super().create_task_handler(*args, **kwargs)
+        connection_errors = tuple(self.connection_errors)  # type: ignore[attr-defined]
+
+        def on_task_received(message: Any) -> None:
+            try:
+                handle(message)
+            except connection_errors:
+                raise  # the consumer reconnects; the broker redelivers
+            except Exception as exc:
+                # Any other failure here is the message's doing: without this, Celery calls
+                # it unrecoverable and stops the worker, and the next worker, and the next.
+                self._refuse(message, "task message refused (%s)", type(exc).__name__)
+
+        return on_task_received

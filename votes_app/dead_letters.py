@@ -13,7 +13,7 @@ import redis
 from kombu import Connection
 from kombu.message import Message
 
-from votes_app.celery import DEAD, VOTES_EXCHANGE, declare_dead_letters
+from votes_app.celery import DEAD, TASK_ROUTES, VOTES_EXCHANGE, declare_dead_letters
 
 PREVIEW_MAX = 160
 PRIVATE_FIELDS = frozenset({"citizen_id"})
@@ -63,9 +63,12 @@ def _preview(message: Any) -> str:
     except (TypeError, ValueError):
         return repr(message.body[:PREVIEW_MAX])
     if isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict):
-        # A Celery message: [args, kwargs, embed]. Leave the voter's identity out.
+        # A Celery message: [args, kwargs, options]. Leave the voter's identity out.
+        args = body[0][:4] if isinstance(body[0], list) else body[0]
         kwargs = {k: v for k, v in body[1].items() if k not in PRIVATE_FIELDS}
-        body = {"args": body[0][:4], "kwargs": kwargs}
+        body = {"args": args, "kwargs": kwargs}
+    elif isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k not in PRIVATE_FIELDS}
     text = json.dumps(body, default=repr, ensure_ascii=True)
     return text if len(text) <= PREVIEW_MAX else text[: PREVIEW_MAX - 3] + "..."
 
@@ -82,8 +85,8 @@ def _reason(message: Any, remembered: str | None) -> str:
         json.loads(message.body)
     except (TypeError, ValueError):
         return "body is not JSON"
-    if not str(headers["task"]).startswith("votes_app."):
-        return f"unknown task {headers['task']!r}"
+    if headers["task"] not in TASK_ROUTES:
+        return f"unknown task {str(headers['task'])[:80]!r}"
     reason = _first_death(message).get("reason", "rejected")
     return f"{reason} by a worker (see its log for task {headers.get('id')})"
 

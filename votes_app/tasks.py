@@ -100,6 +100,8 @@ def too_often_redelivered(task_id: str, delivery_info: Mapping[str, Any] | None)
 class VotesTask(Task):  # type: ignore[type-arg]
     """A task whose message goes to votes.dead, with its reason noted, when it cannot succeed."""
 
+    Request = "votes_app.consumer:VotesRequest"
+
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         if too_often_redelivered(task_id, self.request.delivery_info):
             send_to_dead(
