@@ -63,6 +63,13 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
+# Take over a claim that nobody holds any more (its claimant died and the claim expired).
+_ADOPT = """
+-- KEYS: vote_claim:{hash}; ARGV: task id, claim ttl
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+return redis.call('GET', KEYS[1]) == ARGV[1] and 1 or 0
+"""
+
 # Once the vote is in the audit log, PostgreSQL says whose it is: the claim can go.
 _FORGET = """
 -- KEYS: vote_claim:{hash}; ARGV: task id
@@ -89,6 +96,7 @@ class BallotBox:
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._forget = client.register_script(_FORGET)
+        self._adopt = client.register_script(_ADOPT)
         self._count_duplicate = client.register_script(_COUNT_DUPLICATE)
 
     @metrics.redis_operation("claim")
@@ -116,6 +124,18 @@ class BallotBox:
                 client=pipe,
             )
         pipe.execute()
+
+    @metrics.redis_operation("adopt")
+    def adopt(self, ballots: Sequence[tuple[str, str]]) -> list[bool]:
+        """Claim voters marked as voted whom no claim and no audit row stand behind.
+
+        Call only for hashes PostgreSQL has no vote for: a claim missing there means its
+        claimant died before committing and the claim expired. True for each one now ours.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for vote_hash, task_id in ballots:
+            self._adopt(keys=[claim_key(vote_hash)], args=[task_id, self.claim_ttl], client=pipe)
+        return [bool(adopted) for adopted in pipe.execute()]
 
     @metrics.redis_operation("forget_claims")
     def forget_claims(self, ballots: Sequence[tuple[str, str]]) -> None:

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     worker_prefetch_multiplier: int = Field(default=200, ge=1)
     broker_confirm_publish: bool = True
     # "quorum" declares the work queues as quorum queues (replicated on a RabbitMQ
-    # cluster); existing queues keep the type they were declared with.
+    # cluster). RabbitMQ refuses to declare an existing queue with another type: drain and
+    # delete the queues (or migrate them) before switching.
     queue_type: Literal["classic", "quorum"] = "classic"
     # A message that keeps coming back (its worker dies on it each time) goes to votes.dead.
     max_redeliveries: int = Field(default=10, ge=1)

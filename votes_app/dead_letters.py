@@ -87,8 +87,11 @@ def _reason(message: Any, remembered: str | None) -> str:
         return "body is not JSON"
     if headers["task"] not in TASK_ROUTES:
         return f"unknown task {str(headers['task'])[:80]!r}"
-    reason = _first_death(message).get("reason", "rejected")
-    return f"{reason} by a worker (see its log for task {headers.get('id')})"
+    death = _first_death(message)
+    if death.get("reason", "rejected") != "rejected":
+        # RabbitMQ's own doing: expired, maxlen, delivery_limit (quorum queues).
+        return f"{death['reason']} in {death.get('queue', '?')} (RabbitMQ)"
+    return f"rejected by a worker (see its log for task {headers.get('id')})"
 
 
 def _identify(message: Any) -> str:

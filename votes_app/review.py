@@ -69,7 +69,6 @@ def clip(text: str, limit: int = REASON_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-@metrics.database_operation("record_review")
 def reviewed_key(task_id: str) -> str:
     return f"reviewed:{task_id}"
 
@@ -103,6 +102,7 @@ def mark_reviewed(
     pipe.execute()
 
 
+@metrics.database_operation("record_review")
 def record_rejections(*, session: Session, rejections: Sequence[Rejection]) -> None:
     """Store rejections; replaying the same ones leaves duplicate counts unchanged."""
     duplicates = [r for r in rejections if r.verdict is Verdict.DUPLICATE]

@@ -202,13 +202,17 @@ def retry_later(
     task: SettledBatches, requests: list[SimpleRequest], *, hold: bool = False
 ) -> list[str]:
     """Publish each message again with a delay (Celery's retry, per message); the ids that
-    are out of retries, or could not be published, go to votes.dead."""
+    are out of retries, or could not be published, go to votes.dead.
+
+    A vote held for the voter roll keeps its retry count: waiting for an operator is not a
+    failure, and must not leave it one infrastructure error away from votes.dead.
+    """
     dead = []
     for request in requests:
-        retries = int((request.request_dict or {}).get("retries") or 0) + 1
+        retries = int((request.request_dict or {}).get("retries") or 0)
         if hold:
             countdown = settings.roll_missing_retry_seconds
-        elif retries > settings.max_retries:
+        elif (retries := retries + 1) > settings.max_retries:
             dead.append(
                 send_to_dead(
                     request.id, f"out of retries ({settings.max_retries})", kind="out_of_retries"

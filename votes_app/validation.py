@@ -58,6 +58,27 @@ def judge(
     return ballots, rejections
 
 
+def adopt_orphans(
+    taken: Sequence[Ballot],
+    *,
+    ballot_box: BallotBox,
+    session_scope: Callable[[], AbstractContextManager[Session]],
+) -> list[Ballot]:
+    """The taken ballots whose voter has no vote in the audit log and no live claim.
+
+    Such a voter was claimed by a worker that died before committing, and its claim
+    expired (CLAIM_TTL_SECONDS) before the message came back, say from votes.dead. Refusing
+    it as a duplicate would lose the vote; PostgreSQL still settles any real contest.
+    """
+    with session_scope() as session:
+        recorded = audit.recorders(session=session, vote_hashes={b.vote.vote_hash for b in taken})
+    candidates = [b for b in taken if b.vote.vote_hash not in recorded]
+    if not candidates:
+        return []
+    adopted = ballot_box.adopt([b.key for b in candidates])
+    return [b for b, ours in zip(candidates, adopted, strict=True) if ours]
+
+
 def validate(
     submissions: Sequence[Submission],
     *,
@@ -92,6 +113,11 @@ def validate(
         for b, c in zip(ballots, claims, strict=True)
         if c is Claim.INVALID
     ]
+
+    if taken:
+        adopted = adopt_orphans(taken, ballot_box=ballot_box, session_scope=session_scope)
+        claimed += adopted
+        taken = [b for b in taken if b not in adopted]
 
     try:
         with session_scope() as session:
