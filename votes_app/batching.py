@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
+from celery.utils.log import get_logger
+from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request as CeleryRequest
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
+
+from votes_app import dead_letters, metrics
+from votes_app.ballot_box import VoterRollMissing
+from votes_app.config import get_settings
+from votes_app.resources import TRANSIENT_ERRORS, get_ballot_box, session_scope
+from votes_app.schemas import Submission, utcnow
+from votes_app.validation import Outcome, validate
+
+logger = get_logger(__name__)
 
 
 class SettledBatches(Batches):  # type: ignore[misc]
@@ -83,3 +96,127 @@ class SettledBatches(Batches):  # type: ignore[misc]
             callback=on_return,
             error_callback=on_process_lost,
         )
+
+
+def settle(
+    task: SettledBatches, requests: list[SimpleRequest], *, hand_on: Callable[[Outcome], None]
+) -> list[str]:
+    """Validate a batch and hand its outcome on; the ids of the messages for votes.dead.
+
+    Infrastructure errors send each message back with a delay (Celery's retry, message by
+    message); a missing voter roll holds them; anything else is the messages' doing, and
+    is narrowed down to the message responsible by settling them one by one.
+    """
+    dead = [
+        dead_letters.send_to_dead(
+            r.id,
+            f"redelivered more than {get_settings().max_redeliveries} times",
+            kind="redelivered",
+        )
+        for r in requests
+        if dead_letters.too_often_redelivered(r.id, r.delivery_info)
+    ]
+    if dead:
+        requests = [r for r in requests if r.id not in dead]
+    return dead + _settle(task, requests, hand_on) if requests else dead
+
+
+def _settle(
+    task: SettledBatches, requests: list[SimpleRequest], hand_on: Callable[[Outcome], None]
+) -> list[str]:
+    submissions = [Submission(task_id=r.id, args=r.args, kwargs=r.kwargs) for r in requests]
+    measure = metrics.get()
+    started = time.perf_counter()
+    try:
+        outcome = validate(
+            submissions,
+            ballot_box=get_ballot_box(),
+            session_scope=session_scope,
+            now=utcnow(),
+            max_clock_skew=timedelta(seconds=get_settings().max_clock_skew_seconds),
+        )
+        hand_on(outcome)
+    except VoterRollMissing:
+        # Hold the votes until the roll is loaded again: refusing them would be wrong.
+        logger.warning("voter roll missing: holding %d votes", len(requests))
+        measure.validation_errors.labels(error_type="voter_roll_missing").inc()
+        measure.voter_roll_missing.set(1)
+        measure.votes_held.inc(len(requests))
+        return retry_later(task, requests, hold=True)
+    except TRANSIENT_ERRORS as exc:
+        logger.warning("retrying %d votes after %s", len(requests), type(exc).__name__)
+        measure.validation_errors.labels(error_type=type(exc).__name__).inc()
+        return retry_later(task, requests)
+    except Exception as exc:
+        measure.validation_errors.labels(error_type=type(exc).__name__).inc()
+        if len(requests) == 1:
+            logger.exception("vote task %s failed", requests[0].id)
+            return [
+                dead_letters.send_to_dead(requests[0].id, dead_letters.describe(exc), kind="failed")
+            ]
+        # One bad message must not take its batch with it: settle them one by one.
+        logger.exception("batch of %d failed: settling its votes one by one", len(requests))
+        return [dead for request in requests for dead in _settle(task, [request], hand_on)]
+    observe(outcome, seconds=time.perf_counter() - started)
+    return []
+
+
+def observe(outcome: Outcome, *, seconds: float) -> None:
+    measure = metrics.get()
+    measure.voter_roll_missing.set(0)
+    measure.batch_duration.set(seconds)
+    votes = len(outcome.recorded) + len(outcome.rejections)
+    measure.batch_size_processed.inc(votes)
+    for _ in range(votes):
+        measure.processing_latency.observe(seconds)
+    if outcome.recorded:
+        measure.votes_processed.labels(status="accepted").inc(len(outcome.recorded))
+    for verdict, count in Counter(r.verdict.value for r in outcome.rejections).items():
+        measure.votes_processed.labels(status=verdict).inc(count)
+
+
+def retry_later(
+    task: SettledBatches, requests: list[SimpleRequest], *, hold: bool = False
+) -> list[str]:
+    """Publish each message again with a delay (Celery's retry, per message); the ids that
+    are out of retries, or could not be published, go to votes.dead.
+
+    A vote held for the voter roll keeps its retry count: waiting for an operator is not a
+    failure, and must not leave it one infrastructure error away from votes.dead.
+    """
+    dead = []
+    for request in requests:
+        retries = int((request.request_dict or {}).get("retries") or 0)
+        if hold:
+            countdown = get_settings().roll_missing_retry_seconds
+        elif (retries := retries + 1) > get_settings().max_retries:
+            dead.append(
+                dead_letters.send_to_dead(
+                    request.id,
+                    f"out of retries ({get_settings().max_retries})",
+                    kind="out_of_retries",
+                )
+            )
+            continue
+        else:
+            countdown = get_exponential_backoff_interval(
+                factor=1,
+                retries=retries - 1,
+                maximum=get_settings().retry_backoff_max_seconds,
+                full_jitter=True,
+            )
+        try:
+            task.apply_async(
+                args=request.args,
+                kwargs=request.kwargs,
+                task_id=request.id,
+                countdown=countdown,
+                retries=retries,
+            )
+        except Exception as exc:
+            dead.append(
+                dead_letters.send_to_dead(
+                    request.id, f"retry not published: {exc}", kind="retry_unpublished"
+                )
+            )
+    return dead

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import redis
+from celery.utils.log import get_logger
 from kombu import Connection
 from kombu.message import Message
+from pydantic import ValidationError
 
+from votes_app import metrics
 from votes_app.celery import DEAD, TASK_ROUTES, VOTES_EXCHANGE, declare_dead_letters
+from votes_app.config import get_settings
+from votes_app.resources import get_redis
+from votes_app.schemas import describe_errors
 
 PREVIEW_MAX = 160
 PRIVATE_FIELDS = frozenset({"citizen_id"})
+
+
+logger = get_logger(__name__)
 
 
 def deliveries_key(task_id: str) -> str:
@@ -39,6 +49,41 @@ def count_redelivery(client: redis.Redis, task_id: str, *, ttl_seconds: int) -> 
 def remember_reason(client: redis.Redis, task_id: str, reason: str, *, ttl_seconds: int) -> None:
     """Keep why a message was sent to votes.dead, for `votes dead list`."""
     client.set(reason_key(task_id), reason[:500], ex=ttl_seconds)
+
+
+def describe(exc: Exception) -> str:
+    """One line on why something failed, without the offending values."""
+    if isinstance(exc, ValidationError):
+        return "invalid message: " + describe_errors(exc)
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first_line}"
+
+
+def send_to_dead(task_id: str, reason: str, *, kind: str) -> str:
+    """Say why a message goes to votes.dead: in the log, the metrics and, for `votes dead
+    list`, in Redis (best effort: Redis may be the problem). `kind` is the metric label,
+    one of a few fixed words, unlike `reason`. Returns the task id."""
+    logger.error("task %s to votes.dead: %s", task_id, reason)
+    metrics.get().dead_letters.labels(reason=kind).inc()
+    with contextlib.suppress(redis.RedisError):
+        remember_reason(get_redis(), task_id, reason, ttl_seconds=get_settings().claim_ttl_seconds)
+    return task_id
+
+
+def too_often_redelivered(task_id: str, delivery_info: Mapping[str, Any] | None) -> bool:
+    """True for a message that came back more than MAX_REDELIVERIES times.
+
+    A message that kills its worker process is requeued by task_reject_on_worker_lost and
+    would kill the next one too, forever; past the bound it goes to votes.dead instead.
+    """
+    if not (delivery_info or {}).get("redelivered"):
+        return False
+    settings = get_settings()
+    try:
+        count = count_redelivery(get_redis(), task_id, ttl_seconds=settings.claim_ttl_seconds)
+    except redis.RedisError:
+        return False  # Redis down: the vote itself will wait for it anyway
+    return count > settings.max_redeliveries
 
 
 @dataclass(frozen=True, slots=True)

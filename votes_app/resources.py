@@ -8,11 +8,24 @@ from functools import lru_cache
 
 import redis
 import sqlalchemy as sa
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from votes_app.ballot_box import BallotBox
 from votes_app.config import get_settings
 from votes_app.tallies import Tallies
+
+# What the connections raise while a service is down or restarting: worth a retry with
+# backoff, unlike anything else.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    BrokerError,
+    ConnectionError,
+)
 
 
 @lru_cache

@@ -8,8 +8,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from votes_app import metrics, tallies
+from votes_app.ballot_box import voter_roll_size
 from votes_app.celery import AGGREGATION, DEAD, REVIEW, VALIDATION, app
 from votes_app.models import TallyBatch, VoteAudit
+from votes_app.resources import get_redis, session_scope
 
 ALL_QUEUES = (VALIDATION, AGGREGATION, REVIEW, DEAD)
 
@@ -45,3 +48,19 @@ def flush_lag_seconds(*, session: Session) -> float:
 def last_flush_at(*, session: Session) -> datetime | None:
     """When a flush last applied a batch."""
     return session.scalar(sa.select(sa.func.max(TallyBatch.applied_at)))
+
+
+def refresh_gauges() -> None:
+    """Gauges that describe the whole system, refreshed by each flush (once a second)."""
+    measure = metrics.get()
+    with session_scope() as session:
+        measure.flush_lag.set(flush_lag_seconds(session=session))
+        for (law_id, choice), count in tallies.results_by_law(session=session).items():
+            measure.current_vote_totals.labels(law_id=law_id, choice=choice).set(count)
+    roll = voter_roll_size(get_redis())
+    measure.voter_roll_size.set(roll)
+    measure.voter_roll_missing.set(0 if roll else 1)
+    depths = queue_depths()
+    for queue, depth in depths.items():
+        measure.queue_depth.labels(queue=queue).set(depth)
+    measure.validation_queue_size.set(depths[VALIDATION])
