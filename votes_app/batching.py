@@ -43,7 +43,10 @@ class SettledBatches(Batches):  # type: ignore[misc]
     _events: Any = None
 
     def Strategy(self, task: Batches, app: Celery, consumer: Any) -> Callable[..., None]:
-        # Celery's hook for a task's own message handling: note the event dispatcher.
+        # Celery's hook for a task's own message handling, called again after every broker
+        # reconnect. The reconnect cleared the worker's timer, flush timer included: forget
+        # it, or no partial batch would be flushed again until the worker restarts.
+        self._tref = None
         self._events = consumer.event_dispatcher
         strategy: Callable[..., None] = super().Strategy(task, app, consumer)
         return strategy

@@ -20,7 +20,7 @@ from celery.worker.request import Request
 from redis import RedisError
 
 from votes_app.config import get_settings
-from votes_app.dead_letters import remember_reason
+from votes_app.dead_letters import identify, remember_reason
 from votes_app.resources import get_redis
 
 logger = get_logger(__name__)
@@ -36,6 +36,8 @@ class VotesRequest(Request):
             super().__init__(message, *args, **kwargs)
         except KeyError as exc:
             raise InvalidTaskError(f"task message without the {exc} header") from None
+        except (TypeError, ValueError):
+            raise InvalidTaskError("task body is not [args, kwargs, options]") from None
         payload = self._payload  # type: ignore[attr-defined]
         if not (
             isinstance(payload, list | tuple)
@@ -50,13 +52,11 @@ class VotesConsumer(Consumer):
     def _refuse(self, message: Any, why: str, *args: Any) -> None:
         reason = why % args
         logger.error("%s: to votes.dead", reason)
-        task_id = (message.headers or {}).get("id")
-        if isinstance(task_id, str):
-            # For `votes dead list`; best effort, Redis may be what is failing.
-            with contextlib.suppress(RedisError):
-                remember_reason(
-                    get_redis(), task_id, reason, ttl_seconds=get_settings().claim_ttl_seconds
-                )
+        # For `votes dead list`, under the id it shows; best effort, Redis may be failing.
+        with contextlib.suppress(RedisError):
+            remember_reason(
+                get_redis(), identify(message), reason, ttl_seconds=get_settings().claim_ttl_seconds
+            )
         message.reject_log_error(logger, self.connection_errors)  # type: ignore[attr-defined]
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:

@@ -139,7 +139,8 @@ def _reason(message: Any, remembered: str | None) -> str:
     return f"rejected by a worker (see its log for task {headers.get('id')})"
 
 
-def _identify(message: Any) -> str:
+def identify(message: Any) -> str:
+    """How `votes dead list` names a message: its task id, else a digest of its body."""
     # A Celery message has a task id; anything else is known by its content.
     headers = message.headers or {}
     known = headers.get("id") or message.properties.get("message_id")
@@ -167,7 +168,7 @@ def list_dead(
     letters = []
     for _, message in _drain(connection, limit):
         death = _first_death(message)
-        task_id = _identify(message)
+        task_id = identify(message)
         remembered = None
         if client is not None:
             try:
@@ -200,7 +201,7 @@ def replay(
     publish_channel: Any = connection.channel()
     try:
         for channel, message in _drain(connection, limit):
-            task_id = _identify(message)
+            task_id = identify(message)
             if not select(task_id):
                 continue
             queue = _first_death(message).get("queue")

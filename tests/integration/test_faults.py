@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from tests.support import run_votes
@@ -64,14 +63,6 @@ def test_kill_beat(tmp_path: Path) -> None:
     assert row.evidence["beat_killed"] == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="votes_app/batching.py SettledBatches: after a broker connection loss Celery clears"
-    " the worker's timer (celery/worker/loops.py, hub.timer.clear()), but celery-batches keeps"
-    " its stale _tref and never schedules its periodic flush again; fewer than"
-    " VALIDATE_BATCH_SIZE messages left in the buffer wait, unacknowledged, until the worker"
-    " restarts or more votes arrive",
-)
 def test_restart_rabbitmq(tmp_path: Path) -> None:
     # The drain would never come: wait less for it than the other scenarios do.
     row = run_scenario("restart-rabbitmq", quick(tmp_path, drain_timeout=45), reset=False)

@@ -101,7 +101,6 @@ ON_ROLL_NEVER_VOTED = voter_hash(900_000, LAW)
 CHOICE_REASON = "choice: Input should be 'oui' or 'non'"
 BODY_REASON = "task body is not [args, kwargs, options]"
 # What a body that does not unpack into three parts gets: refused, the exception named.
-UNPACKING_REASON = "task message refused (ValueError)"
 
 CASES = [
     # --- not Celery messages at all, straight onto votes.validation
@@ -109,7 +108,7 @@ CASES = [
         "non-json-bytes",
         "bytes that are not JSON (`\\xff\\xfe...`), content type JSON, no Celery headers",
         "dead",
-        "not a Celery task message",
+        "undecodable message",
         raw=Raw(b"\xff\xfe\x00\x81 not json at all"),
     ),
     Case(
@@ -117,21 +116,21 @@ CASES = [
         "a vote in the old services' format: JSON with `vote_hash`, `citizen_id`, no Celery"
         " headers",
         "dead",
-        "not a Celery task message",
+        "message without Celery task headers",
         raw=Raw(json.dumps(ballot()).encode()),
     ),
     Case(
         "raw-json-body",
         'a JSON object without Celery headers (`{"law_id": "law-001", "choice": "oui"}`)',
         "dead",
-        "not a Celery task message",
+        "message without Celery task headers",
         raw=Raw(b'{"law_id": "law-001", "choice": "oui"}'),
     ),
     Case(
         "empty-body",
         "an empty body, no headers",
         "dead",
-        "not a Celery task message",
+        "message without Celery task headers",
         raw=Raw(b""),
     ),
     Case(
@@ -163,21 +162,21 @@ CASES = [
         "body-two-element-list",
         "a Celery `validate_vote` message whose body is `[1, 2]`",
         "dead",
-        UNPACKING_REASON,
+        BODY_REASON,
         raw=Raw(b"[1, 2]", celery_headers=validate_headers()),
     ),
     Case(
         "body-object",
         'a Celery `validate_vote` message whose body is `{"vote_hash": "x"}`',
         "dead",
-        UNPACKING_REASON,
+        BODY_REASON,
         raw=Raw(b'{"vote_hash": "x"}', celery_headers=validate_headers()),
     ),
     Case(
         "body-string",
         'a Celery `validate_vote` message whose body is `"a vote"`',
         "dead",
-        UNPACKING_REASON,
+        BODY_REASON,
         raw=Raw(b'"a vote"', celery_headers=validate_headers()),
     ),
     Case(
@@ -191,7 +190,7 @@ CASES = [
         "no-id-header",
         "a Celery `validate_vote` message without the `id` header",
         "dead",
-        "rejected by a worker",
+        "without the 'id' header",
         raw=Raw(b"[[], {}, {}]", celery_headers=validate_headers(), with_id=False),
     ),
     Case(
