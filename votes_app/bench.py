@@ -1304,8 +1304,10 @@ def measure_flush(count: int, laws: int, display: Display) -> dict[str, Any]:
     seconds = time.monotonic() - started
     counted = result.vote_count if result else 0
     display.show("flush: one flush", counted, count)
+    reconciling = time.monotonic()
     with session_scope() as session:
         drift = [line for line in reconcile.compare(session=session) if line.drift]
+    reconcile_seconds = time.monotonic() - reconciling
     if counted != count or drift:
         raise RuntimeError(f"flush counted {counted:,} of {count:,}; drift: {drift}")
     return {
@@ -1313,6 +1315,8 @@ def measure_flush(count: int, laws: int, display: Display) -> dict[str, Any]:
         "laws": laws,
         "seconds": seconds,
         "votes_per_second": rate(count, seconds),
+        # `votes reconcile` reads the whole audit log: how long that takes at this size.
+        "reconcile_seconds": reconcile_seconds,
         # Each counted vote leaves a dead row version behind until (auto)vacuum.
         "audit_bytes_per_row_before_flush": before,
         "audit_bytes_per_row_after_flush": audit_sizes(count),
