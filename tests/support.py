@@ -170,3 +170,22 @@ class Worker(harness.Worker):
 
 
 Beat = harness.Beat
+
+
+def work_queues_empty() -> bool:
+    depths = queue_depths()
+    return all(depths[name] == 0 for name in ALL_QUEUES)
+
+
+def settle(observe: Callable[[], dict[str, Any]], expected: dict[str, Any], timeout: float) -> None:
+    """Wait until `observe()` equals `expected` with the work queues empty; diff if never."""
+    try:
+        wait_for(
+            lambda: observe() == expected and work_queues_empty(),
+            timeout=timeout,
+            interval=0.2,
+            what="the pipeline to drain into the expected state",
+        )
+    except AssertionError:
+        assert observe() == expected
+        raise

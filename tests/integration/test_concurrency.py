@@ -15,29 +15,23 @@ import redis
 import sqlalchemy as sa
 
 from tests.support import (
-    ALL_QUEUES,
     Beat,
     Worker,
     count_rows,
     load_roll,
     publish,
-    queue_depths,
     results,
     run_votes,
     vote,
     voter_hash,
     wait_for,
+    work_queues_empty,
 )
 
 LAW = "loi-21"
 COPIES = 50
 # The task logger's format: "[time: LEVEL/ForkPoolWorker-N] votes_app.validate_vote[id]: ..."
 TASK_LINE = re.compile(r"/(?P<process>ForkPoolWorker-\d+)\] votes_app\.validate_vote\[")
-
-
-def work_queues_empty() -> bool:
-    depths = queue_depths()
-    return all(depths[name] == 0 for name in ALL_QUEUES)
 
 
 @pytest.fixture(params=["one worker, two processes", "two workers, one process each"])

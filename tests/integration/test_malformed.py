@@ -14,7 +14,6 @@ import redis
 import sqlalchemy as sa
 
 from tests.support import (
-    ALL_QUEUES,
     TIMESTAMP,
     Beat,
     Worker,
@@ -26,15 +25,11 @@ from tests.support import (
     vote,
     voter_hash,
     wait_for,
+    work_queues_empty,
 )
 
 LAW = "loi-21"
 MEGABYTE = 1_000_000
-
-
-def work_queues_empty() -> bool:
-    depths = queue_depths()
-    return all(depths[name] == 0 for name in ALL_QUEUES)
 
 
 def send(*, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None) -> str:

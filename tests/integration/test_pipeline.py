@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -14,19 +14,19 @@ import redis
 import sqlalchemy as sa
 
 from tests.support import (
-    ALL_QUEUES,
     TIMESTAMP,
     Beat,
     Worker,
     count_rows,
     load_roll,
     publish,
-    queue_depths,
     results,
     run_votes,
+    settle,
     vote,
     voter_hash,
     wait_for,
+    work_queues_empty,
 )
 
 LAWS = ("loi-21", "C.96", "projet_3")
@@ -36,25 +36,6 @@ CLOSING = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
 ZONES = (UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=5, minutes=30)))
 
 Votes = list[dict[str, Any]]
-
-
-def work_queues_empty() -> bool:
-    depths = queue_depths()
-    return all(depths[name] == 0 for name in ALL_QUEUES)
-
-
-def settle(observe: Callable[[], dict[str, Any]], expected: dict[str, Any], timeout: float) -> None:
-    """Wait until `observe()` equals `expected` with the work queues empty; diff if never."""
-    try:
-        wait_for(
-            lambda: observe() == expected and work_queues_empty(),
-            timeout=timeout,
-            interval=0.2,
-            what="the pipeline to drain into the expected state",
-        )
-    except AssertionError:
-        assert observe() == expected
-        raise
 
 
 def audit_counts(engine: sa.Engine) -> dict[tuple[str, str], int]:

@@ -15,15 +15,14 @@ import redis
 import sqlalchemy as sa
 
 from tests.support import (
-    ALL_QUEUES,
     Beat,
     Worker,
     count_rows,
     load_roll,
     publish,
-    queue_depths,
     results,
     run_votes,
+    settle,
     vote,
     voter_hash,
     wait_for,
@@ -38,25 +37,6 @@ KILL_AFTER = 1_000  # audit rows before the kill
 
 # Generous deadlines: on a busy two-core machine the pipeline runs several times slower.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
-
-
-def work_queues_empty() -> bool:
-    depths = queue_depths()
-    return all(depths[name] == 0 for name in ALL_QUEUES)
-
-
-def settle(observe: Callable[[], dict[str, Any]], expected: dict[str, Any], timeout: float) -> None:
-    """Wait until `observe()` equals `expected` with the work queues empty; diff if never."""
-    try:
-        wait_for(
-            lambda: observe() == expected and work_queues_empty(),
-            timeout=timeout,
-            interval=0.2,
-            what="the pipeline to drain into the expected state",
-        )
-    except AssertionError:
-        assert observe() == expected
-        raise
 
 
 def fetch(engine: sa.Engine, query: str) -> list[tuple[Any, ...]]:
