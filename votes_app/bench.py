@@ -42,9 +42,11 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from votes_app.config import PUBLISH_WINDOW
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -65,6 +67,8 @@ CEILING_QUEUE = "votes.bench.ceiling"
 VOTES_COMMAND = "from votes_app.cli import main; main()"
 MIB = 1024 * 1024
 
+T = TypeVar("T")
+
 
 # No slots here: the command's option defaults are read from the class attributes.
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class Options:
     votes: int = 100_000
     rate: float = 1_000.0
     producers: int = 4
+    window: int = PUBLISH_WINDOW
     concurrency: int = 2
     topology: str = "single"
     laws: int = 10
@@ -107,6 +112,12 @@ class Options:
     "--rate", default=Options.rate, show_default=True, help="Votes/s offered in the latency run."
 )
 @click.option("--producers", default=Options.producers, show_default=True)
+@click.option(
+    "--window",
+    default=Options.window,
+    show_default=True,
+    help="Votes each producer keeps awaiting the broker's confirm (1: wait for each).",
+)
 @click.option(
     "--concurrency",
     default=Options.concurrency,
@@ -238,9 +249,24 @@ def make_stream(total: int, *, laws: int, tag: str, seed: int = 2026) -> Stream:
     return Stream(roll, messages, expected, second_count, unknown_count)
 
 
-def shares(items: Sequence[Any], parts: int) -> list[list[Any]]:
-    """Deal `items` to `parts` producers in turn: together they keep the stream's order."""
-    return [list(items[k::parts]) for k in range(parts)]
+def shares(
+    items: Sequence[T], parts: int, *, owner: Callable[[T], str] | None = None
+) -> list[list[T]]:
+    """Deal `items` to `parts` producers in turn: together they keep the stream's order.
+
+    Producers run at their own pace, so only within one producer is the order of two
+    messages certain: items with the same `owner` (a voter) go to one producer.
+    """
+    dealt: list[list[T]] = [[] for _ in range(parts)]
+    producer_of: dict[str, int] = {}
+    for n, item in enumerate(items):
+        k = n % parts if owner is None else producer_of.setdefault(owner(item), n % parts)
+        dealt[k].append(item)
+    return dealt
+
+
+def voter(message: tuple[str, dict[str, str]]) -> str:
+    return message[1]["vote_hash"]
 
 
 def percentiles(values: Sequence[float], points: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
@@ -386,21 +412,23 @@ def _publish_votes(
     share: list[tuple[str, dict[str, str]]],
     per_second: float | None,
     offset: float,
+    window: int,
     start: Any,
     progress: Any,
     results: Any,
 ) -> None:
     """A producer process: the project's VotePublisher (publisher confirms, as a producer
-    service should), as fast as it goes or on an open-loop schedule of `per_second`."""
+    service should, `window` votes in flight), as fast as it goes or on an open-loop
+    schedule of `per_second`."""
     from votes_app.producer import VotePublisher
 
-    with VotePublisher() as publisher:
+    with VotePublisher(window=window) as publisher:
         start.ready()
 
         def send(task_id: str, kwargs: dict[str, Any]) -> None:
             publisher.publish(kwargs, task_id=task_id)
 
-        _run_share(index, share, per_second, offset, send, progress, results)
+        _run_share(index, share, per_second, offset, send, publisher.confirm, progress, results)
 
 
 def _publish_raw(
@@ -408,26 +436,36 @@ def _publish_raw(
     share: list[tuple[str, Any]],
     per_second: float | None,
     offset: float,
+    window: int,
     start: Any,
     progress: Any,
     results: Any,
 ) -> None:
-    """A producer process for the ceiling: kombu alone, persistent, with publisher confirms."""
+    """A producer process for the ceiling: kombu alone, persistent, with publisher confirms
+    awaited as the VotePublisher awaits them, `window` messages at a time."""
     from kombu import Connection, Exchange, Producer
 
     from votes_app.config import get_settings
+    from votes_app.producer import ConfirmWindow
 
     url = get_settings().broker_url
-    with Connection(url, transport_options={"confirm_publish": True}) as connection:
-        producer = Producer(
-            connection.default_channel, exchange=Exchange(""), routing_key=CEILING_QUEUE
-        )
+    with Connection(url) as connection:
+        channel = connection.default_channel
+        confirms: ConfirmWindow[str] = ConfirmWindow(channel)
+        producer = Producer(channel, exchange=Exchange(""), routing_key=CEILING_QUEUE)
         start.ready()
 
-        def send(task_id: str, body: Any) -> None:
-            producer.publish(body, serializer="json", delivery_mode=2, message_id=task_id)
+        def confirm() -> None:
+            if refused := confirms.settle(connection, timeout=60):
+                raise RuntimeError(f"the broker refused {len(refused)} messages")
 
-        _run_share(index, share, per_second, offset, send, progress, results)
+        def send(task_id: str, body: Any) -> None:
+            confirms.sent(task_id)
+            producer.publish(body, serializer="json", delivery_mode=2, message_id=task_id)
+            if len(confirms) >= window:
+                confirm()
+
+        _run_share(index, share, per_second, offset, send, confirm, progress, results)
 
 
 def _run_share(
@@ -436,6 +474,7 @@ def _run_share(
     per_second: float | None,
     offset: float,
     send: Callable[[str, Any], None],
+    confirm: Callable[[], None],
     progress: Any,
     results: Any,
 ) -> None:
@@ -463,6 +502,7 @@ def _run_share(
             with progress.get_lock():
                 progress.value += unreported
             unreported = 0
+    confirm()
     with progress.get_lock():
         progress.value += unreported
     finished = time.time()
@@ -516,6 +556,8 @@ def publish(
     *,
     target: Callable[..., None],
     producers: int,
+    window: int,
+    owner: Callable[[tuple[str, Any]], str] | None = None,
     per_second: float | None = None,
     on_tick: Callable[[int], None] = lambda _: None,
 ) -> Publication:
@@ -528,14 +570,14 @@ def publish(
     start = StartLine(context)
     progress = context.Value("q", 0)
     results = context.Queue()
-    parts = shares(messages, producers)
+    parts = shares(messages, producers, owner=owner)
     each = per_second / producers if per_second else None
     # In an open-loop run the producers take turns within each interval: an even stream.
     offsets = [k / per_second if per_second else 0.0 for k in range(producers)]
     processes = [
         context.Process(
             target=target,
-            args=(k, parts[k], each, offsets[k], start, progress, results),
+            args=(k, parts[k], each, offsets[k], window, start, progress, results),
             daemon=True,
         )
         for k in range(producers)
@@ -689,6 +731,7 @@ def measure_ceiling(
         bodies,
         target=_publish_raw,
         producers=options.producers,
+        window=options.window,
         on_tick=lambda n: display.show("ceiling: publish", n, total),
     )
     publish_cpu = cpu_by_component(ticks, cpu_ticks(), roles) | {"producers": alone.cpu_seconds}
@@ -708,6 +751,7 @@ def measure_ceiling(
         bodies,
         target=_publish_raw,
         producers=options.producers,
+        window=options.window,
         on_tick=lambda n: display.show("ceiling: publish + consume/ack", n, total),
     )
     both.wait(lambda n: display.show("ceiling: publish + consume/ack", n, total))
@@ -1047,7 +1091,12 @@ def run_throughput(
     ticks = cpu_ticks()
     wal = wal_position()
     publication = publish(
-        stream.messages, target=_publish_votes, producers=options.producers, on_tick=on_tick
+        stream.messages,
+        target=_publish_votes,
+        producers=options.producers,
+        window=options.window,
+        owner=voter,
+        on_tick=on_tick,
     )
     settled = wait_until_settled(
         goal, workers=[*workers, beat], timeout=options.timeout, on_poll=on_poll
@@ -1100,6 +1149,8 @@ def run_latency(
             stream.messages,
             target=_publish_votes,
             producers=options.producers,
+            window=options.window,
+            owner=voter,
             per_second=options.rate,
             on_tick=lambda n: display.show("latency: published", n, total),
         )
@@ -1331,11 +1382,12 @@ def figures(report: dict[str, Any]) -> list[Figure]:
     throughput = report.get("throughput", {})
     ceiling = report.get("ceiling", {})
     e2e = throughput.get("end_to_end_per_second")
+    window = report.get("options", {}).get("window", 1)
     out = [
         at_least("end_to_end", "end to end", e2e, "votes/s", 3000),
         Figure(
             "publish",
-            "publish (producers, confirms)",
+            f"publish (producers, confirms per {window})",
             throughput.get("publish_per_second"),
             "votes/s",
         ),
@@ -1532,8 +1584,9 @@ def run_bench(options: Options) -> int:
 
     started = datetime.now(UTC)
     console.print(
-        f"[bold]votes bench[/bold]: {options.votes:,} votes from {options.producers} producers, "
-        f"topology {options.topology}, worker -c {options.concurrency}, logs at {options.loglevel}"
+        f"[bold]votes bench[/bold]: {options.votes:,} votes from {options.producers} producers "
+        f"(confirms awaited {options.window} at a time), topology {options.topology}, "
+        f"worker -c {options.concurrency}, logs at {options.loglevel}"
     )
     report: dict[str, Any] = {
         "started_at": started.isoformat(),

@@ -230,6 +230,7 @@ def submit(
     Either one vote from --hash/--law/--choice, or many from --file. The worker judges
     them: what this command sends is not checked here beyond being JSON objects.
     """
+    from votes_app.config import PUBLISH_WINDOW
     from votes_app.producer import VotePublisher
 
     if source is None:
@@ -245,7 +246,7 @@ def submit(
 
     bad_lines: list[int] = []
     published = 0
-    with VotePublisher() as publisher, progress_bar() as progress:
+    with VotePublisher(window=PUBLISH_WINDOW) as publisher, progress_bar() as progress:
         task = progress.add_task("publishing votes", total=None)
         for number, kwargs in read_votes(source):
             if kwargs is None:

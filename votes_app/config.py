@@ -8,6 +8,12 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Votes a producer of this project (`votes submit --file`, the demo, the benchmark) keeps in
+# flight before it waits for the broker's confirms. One confirm round trip per message caps
+# a producer at what the broker's fsync latency allows; with a window the broker confirms
+# many messages with one `basic.ack multiple` (RabbitMQ's "publish in batches, then wait").
+PUBLISH_WINDOW = 100
+
 
 class Settings(BaseSettings):
     """Configuration with defaults that work on a developer machine.

@@ -3,27 +3,103 @@
 from __future__ import annotations
 
 import multiprocessing
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from itertools import takewhile
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 from kombu import Connection
+from kombu.exceptions import OperationalError
 
 from votes_app.celery import app, declare_dead_letters
+from votes_app.config import PUBLISH_WINDOW
+
+T = TypeVar("T")
+
+
+class ConfirmWindow(Generic[T]):
+    """Publisher confirms on one channel, awaited a window at a time.
+
+    The caller records each message it publishes with `sent(item)`, in publishing order
+    (delivery tags count from 1 on a channel in confirm mode). `settle` waits until the
+    broker has confirmed or refused them all and returns the refused ones; after a lost
+    connection, `unconfirmed` lists what may not have reached the broker.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        self._next_tag = 1
+        self._pending: dict[int, T] = {}
+        self._refused: list[T] = []
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def sent(self, item: T) -> None:
+        self._pending[self._next_tag] = item
+        self._next_tag += 1
+
+    def _covered(self, tag: int, multiple: bool) -> list[int]:
+        if not multiple:
+            return [tag] if tag in self._pending else []
+        # Tags go up in publishing order, and so does the dict.
+        return list(takewhile(lambda pending: pending <= tag, self._pending))
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        for done in self._covered(tag, multiple):
+            del self._pending[done]
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        for refused in self._covered(tag, multiple):
+            self._refused.append(self._pending.pop(refused))
+
+    def settle(self, connection: Connection, timeout: float) -> list[T]:
+        """Wait for every confirm; the messages the broker refused (nack)."""
+        while self._pending:
+            try:
+                connection.drain_events(timeout=timeout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"the broker confirmed nothing of {len(self._pending)} messages "
+                    f"in {timeout:.0f}s"
+                ) from None
+        refused, self._refused = self._refused, []
+        return refused
+
+    @property
+    def unconfirmed(self) -> list[T]:
+        return [*self._refused, *self._pending.values()]
 
 
 class VotePublisher:
-    """One broker connection, with publisher confirms, reused for many votes."""
+    """Publishes votes as `validate_vote` tasks, with publisher confirms.
 
-    def __init__(self) -> None:
+    Up to `window` messages are in flight before `publish` waits for the broker's
+    confirms; `confirm()` (and leaving the `with` block without an error) waits for the
+    rest. The default window of 1 returns from `publish` only once that vote is on the
+    broker. A message the broker refuses, or that a lost connection leaves unconfirmed, is
+    sent again with the same task id: the pipeline counts a vote once however many copies
+    of its message arrive.
+    """
+
+    def __init__(
+        self, *, window: int = 1, confirm_timeout: float = 30.0, max_reconnects: int = 5
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
+        self.confirm_timeout = confirm_timeout
+        self.max_reconnects = max_reconnects
         self._connection: Connection | None = None
         self._producer: Any = None
+        self._confirms: ConfirmWindow[tuple[str, dict[str, Any]]] | None = None
 
     def __enter__(self) -> Self:
-        self._connection = app.connection_for_write()
-        declare_dead_letters(self._connection)
-        self._producer = app.amqp.Producer(self._connection)
+        self._connect()
         return self
 
     def __exit__(
@@ -32,36 +108,108 @@ class VotePublisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._connection is not None:
-            self._connection.release()
+        try:
+            if exc_type is None:
+                self.confirm()
+        finally:
+            if self._connection is not None:
+                self._connection.release()
+                self._connection = None
 
     def publish(self, kwargs: dict[str, Any], *, task_id: str | None = None) -> str:
         """Send one vote; returns its task id. Resend with the same task id after an error:
         the pipeline recognises its own message and counts the vote once."""
-        result = app.send_task(
+        if self._confirms is None:
+            raise RuntimeError("publish outside of `with VotePublisher()`")
+        task_id = task_id or str(uuid.uuid4())
+        # Recorded first: if the send fails, the reconnect sends it again.
+        self._confirms.sent((task_id, kwargs))
+        try:
+            self._send(task_id, kwargs)
+        except self._connection_errors:
+            self._reconnect()
+        if len(self._confirms or ()) >= self.window:
+            self.confirm()
+        return task_id
+
+    def confirm(self) -> None:
+        """Wait until the broker has every vote published so far."""
+        for _ in range(self.max_reconnects + 1):
+            assert self._confirms is not None and self._connection is not None
+            try:
+                refused = self._confirms.settle(self._connection, self.confirm_timeout)
+                if not refused:
+                    return
+                for task_id, kwargs in refused:
+                    self._confirms.sent((task_id, kwargs))
+                    self._send(task_id, kwargs)
+            except self._connection_errors:
+                # A confirm that timed out also lands here: the same cure.
+                self._reconnect()
+        raise ConnectionError(f"votes still unconfirmed after {self.max_reconnects} reconnects")
+
+    @property
+    def _connection_errors(self) -> tuple[type[BaseException], ...]:
+        assert self._connection is not None
+        # Celery's send_task raises them as kombu's OperationalError.
+        return (*self._connection.connection_errors, OperationalError)
+
+    def _connect(self) -> None:
+        # Confirms are handled here, a window at a time, not by the transport per message.
+        connection = app.connection_for_write(transport_options={"confirm_publish": False})
+        connection.ensure_connection(max_retries=self.max_reconnects)
+        self._connection = connection
+        declare_dead_letters(connection)
+        channel = connection.default_channel
+        unconfirmed = self._confirms.unconfirmed if self._confirms is not None else []
+        self._confirms = ConfirmWindow(channel)
+        self._producer = app.amqp.Producer(channel)
+        # All recorded before any is sent: a failure halfway leaves every one unconfirmed.
+        for item in unconfirmed:
+            self._confirms.sent(item)
+        for task_id, kwargs in unconfirmed:
+            self._send(task_id, kwargs)
+
+    def _reconnect(self) -> None:
+        """A new connection, with every unconfirmed vote sent again on it."""
+        for attempt in range(self.max_reconnects + 1):
+            assert self._connection is not None
+            self._connection.collect()
+            try:
+                self._connect()
+                return
+            except self._connection_errors:
+                if attempt == self.max_reconnects:
+                    raise
+
+    def _send(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        app.send_task(
             "votes_app.validate_vote",
             kwargs=kwargs,
             task_id=task_id,
             producer=self._producer,
+            # A reconnect inside Celery would open a channel that knows nothing of the
+            # confirms awaited on this one: connection errors come back here instead.
+            retry=False,
             # Celery copies a repr of the arguments into the message headers, where task
             # events and logs pick it up: leave the voter's identity out of it.
             kwargsrepr=repr({k: v for k, v in kwargs.items() if k != "citizen_id"}),
         )
-        return str(result.id)
 
 
 _process_publisher: VotePublisher | None = None
 
 
-def _open_process_publisher() -> None:
+def _open_process_publisher(window: int) -> None:
     global _process_publisher
-    _process_publisher = VotePublisher().__enter__()
+    _process_publisher = VotePublisher(window=window).__enter__()
 
 
 def _publish_chunk(chunk: list[dict[str, Any]]) -> int:
     assert _process_publisher is not None, "started without _open_process_publisher"
     for kwargs in chunk:
         _process_publisher.publish(kwargs)
+    _process_publisher.confirm()
     return len(chunk)
 
 
@@ -70,17 +218,18 @@ def publish_in_parallel(
     *,
     processes: int = 4,
     chunk_size: int = 250,
+    window: int = PUBLISH_WINDOW,
     on_progress: Callable[[int], None] = lambda _: None,
 ) -> None:
     """Publish from several processes at once, as many producer services would.
 
-    A publisher confirm costs a round trip per message, so one process waits most of the
-    time; a few processes keep the broker busy. `on_progress` gets each chunk's size.
+    Each process keeps up to `window` votes awaiting the broker's confirm. `on_progress`
+    gets each chunk's size once the broker has confirmed the whole chunk.
     """
     chunks = [list(votes[i : i + chunk_size]) for i in range(0, len(votes), chunk_size)]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_open_process_publisher
+        processes, mp_context=context, initializer=_open_process_publisher, initargs=(window,)
     ) as pool:
         for done in as_completed([pool.submit(_publish_chunk, chunk) for chunk in chunks]):
             on_progress(done.result())

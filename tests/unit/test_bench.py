@@ -16,6 +16,7 @@ from votes_app.bench import (
     mix,
     percentiles,
     shares,
+    voter,
 )
 
 
@@ -90,6 +91,23 @@ def test_shares_deal_in_turn_and_lose_nothing() -> None:
 
     assert parts == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
     assert sorted(n for part in parts for n in part) == list(range(10))
+
+
+def test_a_voters_votes_go_to_one_producer_in_the_streams_order() -> None:
+    stream = make_stream(2_000, laws=3, tag="owners")
+
+    parts = shares(stream.messages, 4, owner=voter)
+
+    assert sorted(m for part in parts for m in part) == sorted(stream.messages)
+    for part in parts:
+        assert part == sorted(part)  # task ids number the stream in order
+    producer_of: dict[str, set[int]] = {}
+    for k, part in enumerate(parts):
+        for _, kwargs in part:
+            producer_of.setdefault(kwargs["vote_hash"], set()).add(k)
+    assert stream.seconds > 0
+    assert all(len(producers) == 1 for producers in producer_of.values())
+    assert min(len(part) for part in parts) > 0.9 * len(stream.messages) / 4
 
 
 def test_percentiles() -> None:
