@@ -9,13 +9,21 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from votes_app import metrics
-from votes_app.models import VoteAudit
+from votes_app.models import Base, VoteAudit
 from votes_app.schemas import Ballot
+
+# One statement for every batch, so SQLAlchemy compiles it once; executed with a list of
+# rows, its "insertmanyvalues" mode sends them as one multi-row INSERT ... RETURNING.
+_RECORD = (
+    pg_insert(Base.metadata.tables[VoteAudit.__tablename__])
+    .on_conflict_do_nothing(index_elements=[VoteAudit.vote_hash])
+    .returning(VoteAudit.vote_hash)
+)
 
 
 @metrics.database_operation("record_votes")
 def record_votes(*, session: Session, ballots: Sequence[Ballot]) -> set[str]:
-    """Insert the ballots in one statement; the hashes that were new.
+    """Insert the ballots in one round trip; the hashes that were new.
 
     A hash already present is left alone (ON CONFLICT DO NOTHING): the UNIQUE constraint,
     not Redis, has the last word on whether a voter has voted.
@@ -32,13 +40,7 @@ def record_votes(*, session: Session, ballots: Sequence[Ballot]) -> set[str]:
         }
         for ballot in ballots
     ]
-    statement = (
-        pg_insert(VoteAudit)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=[VoteAudit.vote_hash])
-        .returning(VoteAudit.vote_hash)
-    )
-    return set(session.scalars(statement))
+    return set(session.scalars(_RECORD, rows))
 
 
 @metrics.database_operation("lookup_recorders")

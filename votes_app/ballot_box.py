@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
 from itertools import islice
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from votes_app import metrics
 
@@ -99,31 +101,52 @@ class BallotBox:
         self._adopt = client.register_script(_ADOPT)
         self._count_duplicate = client.register_script(_COUNT_DUPLICATE)
 
+    def _pipelined(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> Any:
+        """Run `script` once per `(keys, args)` in one round trip; the answers in order.
+
+        EVALSHA alone: redis-py's scripts in a pipeline first ask SCRIPT EXISTS, a second
+        round trip every time. A Redis that has lost its scripts (restarted) answers
+        NOSCRIPT; the script is loaded and the calls run again, which every script here
+        allows: run twice with the same arguments, each gives the same answer.
+        """
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
+
     @metrics.redis_operation("claim")
     def claim(self, ballots: Sequence[tuple[str, str]]) -> list[Claim]:
         """Claim each `(vote_hash, task_id)` in one round trip; one `Claim` per ballot."""
-        pipe = self.redis.pipeline(transaction=False)
-        for vote_hash, task_id in ballots:
-            self._claim(
-                keys=[VALID_HASHES, VOTED_HASHES, claim_key(vote_hash)],
-                args=[vote_hash, task_id, self.claim_ttl],
-                client=pipe,
-            )
-        answers = pipe.execute()
+        answers = self._pipelined(
+            self._claim,
+            [
+                (
+                    [VALID_HASHES, VOTED_HASHES, claim_key(vote_hash)],
+                    [vote_hash, task_id, self.claim_ttl],
+                )
+                for vote_hash, task_id in ballots
+            ],
+        )
         if "roll_missing" in answers:
             raise VoterRollMissing("the voter roll (Redis set valid_hashes) is empty")
         return [Claim(answer) for answer in answers]
 
     @metrics.redis_operation("release")
     def release(self, ballots: Sequence[tuple[str, str]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for vote_hash, task_id in ballots:
-            self._release(
-                keys=[VOTED_HASHES, claim_key(vote_hash)],
-                args=[vote_hash, task_id],
-                client=pipe,
-            )
-        pipe.execute()
+        self._pipelined(
+            self._release,
+            [
+                ([VOTED_HASHES, claim_key(vote_hash)], [vote_hash, task_id])
+                for vote_hash, task_id in ballots
+            ],
+        )
 
     @metrics.redis_operation("adopt")
     def adopt(self, ballots: Sequence[tuple[str, str]]) -> list[bool]:
@@ -132,30 +155,30 @@ class BallotBox:
         Call only for hashes PostgreSQL has no vote for: a claim missing there means its
         claimant died before committing and the claim expired. True for each one now ours.
         """
-        pipe = self.redis.pipeline(transaction=False)
-        for vote_hash, task_id in ballots:
-            self._adopt(keys=[claim_key(vote_hash)], args=[task_id, self.claim_ttl], client=pipe)
-        return [bool(adopted) for adopted in pipe.execute()]
+        answers = self._pipelined(
+            self._adopt,
+            [([claim_key(vote_hash)], [task_id, self.claim_ttl]) for vote_hash, task_id in ballots],
+        )
+        return [bool(adopted) for adopted in answers]
 
     @metrics.redis_operation("forget_claims")
     def forget_claims(self, ballots: Sequence[tuple[str, str]]) -> None:
         """Drop the claims of votes now recorded in PostgreSQL (memory, not correctness)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for vote_hash, task_id in ballots:
-            self._forget(keys=[claim_key(vote_hash)], args=[task_id], client=pipe)
-        pipe.execute()
+        self._pipelined(
+            self._forget, [([claim_key(vote_hash)], [task_id]) for vote_hash, task_id in ballots]
+        )
 
     @metrics.redis_operation("count_duplicates")
     def count_duplicates(self, ballots: Sequence[tuple[str, str]]) -> list[int]:
         """Bump `duplicate_count:{hash}` once per duplicate message; the attempt numbers."""
-        pipe = self.redis.pipeline(transaction=False)
-        for vote_hash, task_id in ballots:
-            self._count_duplicate(
-                keys=[duplicate_count_key(vote_hash), duplicate_seen_key(task_id)],
-                args=[self.claim_ttl],
-                client=pipe,
-            )
-        return [int(count) for count in pipe.execute()]
+        answers = self._pipelined(
+            self._count_duplicate,
+            [
+                ([duplicate_count_key(vote_hash), duplicate_seen_key(task_id)], [self.claim_ttl])
+                for vote_hash, task_id in ballots
+            ],
+        )
+        return [int(count) for count in answers]
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[tuple[T, ...]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from datetime import timedelta
 from typing import Any
@@ -174,7 +173,7 @@ def observe(outcome: Outcome, *, seconds: float) -> None:
         measure.processing_latency.observe(seconds)
     if outcome.recorded:
         measure.votes_processed.labels(status="accepted").inc(len(outcome.recorded))
-    for verdict, count in Counter(r.verdict.value for r in outcome.rejections).items():
+    for verdict, count in outcome.verdict_counts().items():
         measure.votes_processed.labels(status=verdict).inc(count)
 
 

@@ -49,6 +49,17 @@ class VotesRequest(Request):
 
 
 class VotesConsumer(Consumer):
+    def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
+        # Celery's Events step is the only user of this connection: task events for Flower
+        # and exporters. They are transient and worth no confirm round trip each, which
+        # would stall the loop that receives and acknowledges every vote. Votes handed on
+        # (aggregation, review, retries) go out on the app's producer pool, confirmed.
+        return self.ensure_connected(
+            self.app.connection_for_write(
+                url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
+            )
+        )
+
     def _refuse(self, message: Any, why: str, *args: Any) -> None:
         reason = why % args
         logger.error("%s: to votes.dead", reason)

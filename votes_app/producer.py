@@ -13,7 +13,7 @@ from typing import Any, Generic, Self, TypeVar
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
-from votes_app.celery import app, declare_dead_letters
+from votes_app.celery import VALIDATION, app, declare_dead_letters
 from votes_app.config import PUBLISH_WINDOW
 
 T = TypeVar("T")
@@ -159,8 +159,10 @@ class VotePublisher:
         connection = app.connection_for_write(transport_options={"confirm_publish": False})
         connection.ensure_connection(max_retries=self.max_reconnects)
         self._connection = connection
-        declare_dead_letters(connection)
         channel = connection.default_channel
+        # Declared once per connection, not (as Celery would) checked before every message.
+        declare_dead_letters(connection)
+        app.amqp.queues[VALIDATION].bind(channel).declare()
         unconfirmed = self._confirms.unconfirmed if self._confirms is not None else []
         self._confirms = ConfirmWindow(channel)
         self._producer = app.amqp.Producer(channel)
@@ -188,6 +190,7 @@ class VotePublisher:
             kwargs=kwargs,
             task_id=task_id,
             producer=self._producer,
+            declare=[],
             # A reconnect inside Celery would open a channel that knows nothing of the
             # confirms awaited on this one: connection errors come back here instead.
             retry=False,

@@ -34,7 +34,9 @@ def get_engine() -> sa.Engine:
     return sa.create_engine(
         settings.database_url.get_secret_value(),
         pool_size=settings.database_pool_size,
-        pool_pre_ping=True,
+        # No ping before each checkout (a round trip per batch): a connection that died with
+        # the server fails its first statement, SQLAlchemy then discards the whole pool, and
+        # the batch is retried like any other transient error.
         # Error messages must not carry vote hashes and choices into the logs.
         hide_parameters=True,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ class Outcome:
 
     recorded: list[Ballot] = field(default_factory=list)  # in the audit log: to be tallied
     rejections: list[Rejection] = field(default_factory=list)  # to be reviewed
+
+    def verdict_counts(self) -> dict[str, int]:
+        """Refusals per verdict (`duplicate`, `invalid`, `malformed`)."""
+        return dict(Counter(r.verdict.value for r in self.rejections))
 
     def tally_votes(self) -> list[TallyVote]:
         return [

@@ -73,6 +73,18 @@ def test_claims_in_one_round_trip_keep_their_order(box: BallotBox, roll: list[st
     assert answers == [Claim.CLAIMED, Claim.INVALID, Claim.TAKEN, Claim.CLAIMED]
 
 
+def test_claims_survive_a_redis_that_lost_its_scripts(
+    box: BallotBox, roll: list[str], redis_client: redis.Redis
+) -> None:
+    assert box.claim([(roll[0], "t1")]) == [Claim.CLAIMED]
+    redis_client.script_flush()  # what a restarted Redis knows of them
+
+    answers = box.claim([(roll[0], "t1"), (roll[0], "t2"), (roll[1], "t3")])
+
+    assert answers == [Claim.CLAIMED, Claim.TAKEN, Claim.CLAIMED]
+    assert voted(redis_client) == {roll[0], roll[1]}
+
+
 def test_missing_roll_raises_and_claims_nothing(box: BallotBox, redis_client: redis.Redis) -> None:
     with pytest.raises(VoterRollMissing):
         box.claim([(ON_ROLL[0], "t1"), (ON_ROLL[1], "t2")])
