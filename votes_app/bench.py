@@ -978,6 +978,12 @@ def cpu_by_component(
     return spent
 
 
+def stolen_ticks() -> int:
+    """Clock ticks the hypervisor gave to other machines (`steal` in /proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) if len(fields) > 8 else 0
+
+
 def idle_cores(seconds: float = 5.0) -> dict[str, float]:
     """Cores each service uses with nothing of ours running: the share of its CPU that
     is not the benchmark's (other connections, timers), taken off its cost per vote."""
@@ -1089,6 +1095,7 @@ def run_throughput(
 
     roles = pipeline_roles(workers, beat)
     ticks = cpu_ticks()
+    stolen = stolen_ticks()
     wal = wal_position()
     publication = publish(
         stream.messages,
@@ -1102,6 +1109,7 @@ def run_throughput(
         goal, workers=[*workers, beat], timeout=options.timeout, on_poll=on_poll
     )
     cpu = cpu_by_component(ticks, cpu_ticks(), roles) | {"producers": publication.cpu_seconds}
+    stolen_seconds = (stolen_ticks() - stolen) / os.sysconf("SC_CLK_TCK")
     wal_bytes = wal_position() - wal
     display.show("throughput: audited", audited_count(), goal.tallied)
     memory["end"] = pipeline_memory(workers, beat)
@@ -1117,6 +1125,8 @@ def run_throughput(
         # From the producers' start to the last tally: what each part costs per vote.
         "cpu_seconds": cpu,
         "cpu_ms_per_message": net_cpu_ms(cpu, idle, time.time() - publication.first, total),
+        # On a virtual machine: CPU time the host gave to other guests (all cores).
+        "stolen_cpu_seconds": stolen_seconds,
         # Server-wide: other databases' writes count too (the load average says if any).
         "wal_bytes_per_message": wal_bytes / total,
         "memory": {when: [asdict(m) for m in sample] for when, sample in memory.items()},
@@ -1448,6 +1458,8 @@ def figures(report: dict[str, Any]) -> list[Figure]:
         # Other people's processes share these cores: above a few tenths, the figures are low.
         others = throughput["cpu_seconds"].get(OTHERS, 0.0) / throughput["end_to_end_seconds"]
         out.append(Figure("others", "cores used by other processes", others, "cores"))
+        stolen = throughput.get("stolen_cpu_seconds", 0.0) / throughput["end_to_end_seconds"]
+        out.append(Figure("stolen", "cores taken by the hypervisor (steal)", stolen, "cores"))
     after = report.get("memory", {}).get("after_throughput")
     if after:
         largest = max((m for m in after if m["label"] != "beat"), key=lambda m: m["peak_mib"])
