@@ -64,6 +64,7 @@ SECOND_VOTES_AT = 0.7
 # 456-566 with two (shared MEASUREMENTS.md). The best of them is the one to beat.
 OLD_PIPELINE_VOTES_PER_SECOND = 566.0
 CEILING_QUEUE = "votes.bench.ceiling"
+VALIDATE_ALONE_VOTES = 20_000
 VOTES_COMMAND = "from votes_app.cli import main; main()"
 MIB = 1024 * 1024
 
@@ -306,6 +307,8 @@ def format_value(value: float | None, unit: str) -> str:
         return "-"
     if unit in ("x", "ratio", "cores"):
         return f"{value:.2f}"
+    if unit == "ms/vote":
+        return f"{value:.3f} {unit}"
     if abs(value) >= 100 or float(value).is_integer():
         return f"{value:,.0f} {unit}".strip()
     return f"{value:,.1f} {unit}".strip()
@@ -1305,6 +1308,56 @@ def measure_voters_load(count: int, directory: Path, display: Display) -> dict[s
     }
 
 
+def measure_validation(count: int, display: Display) -> dict[str, Any]:
+    """`validate` alone, in this process, on `count` new voters in batches of
+    VALIDATE_BATCH_SIZE:
+    the pool's share of a vote without the broker, Celery or other processes, so its CPU
+    time is far less at the mercy of a busy machine than the pipeline's figures."""
+    from votes_app.ballot_box import load_voters
+    from votes_app.config import get_settings
+    from votes_app.harness import reset_namespace
+    from votes_app.resources import get_ballot_box, get_redis, session_scope
+    from votes_app.schemas import Submission
+    from votes_app.validation import validate
+
+    batch_size = get_settings().validate_batch_size
+    reset_namespace()
+    hashes = [hashlib.sha256(f"bench-validate|{n}".encode()).hexdigest() for n in range(count)]
+    for _ in load_voters(get_redis(), hashes):
+        pass
+    stamp = datetime.now(UTC).isoformat()
+    submissions = [
+        Submission(
+            task_id=f"bench-validate-{n}",
+            args=[],
+            kwargs={"vote_hash": h, "law_id": "law-001", "choice": "oui", "timestamp": stamp},
+        )
+        for n, h in enumerate(hashes)
+    ]
+    recorded = 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    for start in range(0, count, batch_size):
+        outcome = validate(
+            submissions[start : start + batch_size],
+            ballot_box=get_ballot_box(),
+            session_scope=session_scope,
+            now=datetime.now(UTC),
+            max_clock_skew=timedelta(minutes=5),
+        )
+        recorded += len(outcome.recorded)
+        display.show("validate alone", start + batch_size, count)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    reset_namespace()
+    if recorded != count:
+        raise RuntimeError(f"validate alone recorded {recorded:,} of {count:,} votes")
+    return {
+        "votes": count,
+        "batch_size": batch_size,
+        "cpu_ms_per_vote": 1000 * cpu / count,
+        "wall_ms_per_vote": 1000 * wall / count,
+    }
+
+
 FILL_AUDIT = """
 INSERT INTO vote_audit (vote_hash, law_id, choice, voted_at, task_id)
 SELECT encode(sha256(convert_to('bench-flush|' || n, 'UTF8')), 'hex'),
@@ -1446,6 +1499,10 @@ def figures(report: dict[str, Any]) -> list[Figure]:
                     out.append(at_most(key, label, points.get(point), "ms", limit))
                 else:
                     out.append(Figure(key, label, points.get(point), "ms"))
+    if "validation_alone" in report:
+        alone = report["validation_alone"]
+        label = f"validate alone, batches of {alone['batch_size']}: CPU"
+        out.append(Figure("validate_cpu", label, alone["cpu_ms_per_vote"], "ms/vote"))
     if "voters_load" in report:
         load = report["voters_load"]
         label = f"voters load, {load['hashes']:,} hashes"
@@ -1627,6 +1684,8 @@ def run_bench(options: Options) -> int:
         report["reconcile"] = reconcile_votes(streams)
         healthy = bool(report["reconcile"]["ok"])
         # The bulk phases wipe the namespace: when a vote went astray, keep the evidence.
+        if healthy:
+            report["validation_alone"] = measure_validation(VALIDATE_ALONE_VOTES, display)
         if healthy and not options.skip_voters_load:
             report["voters_load"] = measure_voters_load(options.voters_load, directory, display)
         if healthy and not options.skip_flush:
