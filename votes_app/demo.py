@@ -29,7 +29,7 @@ from votes_app.cli import (
 )
 from votes_app.config import get_settings
 from votes_app.harness import Beat, Snapshot, Worker, reset_namespace, voter_hash, wait_for
-from votes_app.producer import publish_in_parallel
+from votes_app.producer import ParallelPublisher
 from votes_app.resources import get_redis
 
 
@@ -103,15 +103,13 @@ def run_demo(scenario: Scenario) -> int:
         with worker, Beat(directory, loglevel="WARNING"):
             console.print(f"worker and beat started; logs in {directory}")
             messages = ballots.first + ballots.second + ballots.unknown
-            started = time.monotonic()
-            with progress_bar() as progress:
+            with ParallelPublisher() as producers, progress_bar() as progress:
+                started = time.monotonic()
                 task = progress.add_task("publishing votes", total=len(messages))
                 # Second votes go out after every first vote, so that they are the ones refused.
                 for phase in (ballots.first, ballots.second + ballots.unknown):
-                    publish_in_parallel(
-                        phase, on_progress=lambda n: progress.update(task, advance=n)
-                    )
-            published = time.monotonic()
+                    producers.publish(phase, on_progress=lambda n: progress.update(task, advance=n))
+                published = time.monotonic()
 
             with progress_bar() as progress:
                 task = progress.add_task("waiting for tallies", total=len(ballots.first))

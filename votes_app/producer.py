@@ -208,6 +208,10 @@ def _open_process_publisher(window: int) -> None:
     _process_publisher = VotePublisher(window=window).__enter__()
 
 
+def _ready() -> bool:
+    return _process_publisher is not None
+
+
 def _publish_chunk(chunk: list[dict[str, Any]]) -> int:
     assert _process_publisher is not None, "started without _open_process_publisher"
     for kwargs in chunk:
@@ -216,23 +220,41 @@ def _publish_chunk(chunk: list[dict[str, Any]]) -> int:
     return len(chunk)
 
 
-def publish_in_parallel(
-    votes: Sequence[dict[str, Any]],
-    *,
-    processes: int = 4,
-    chunk_size: int = 250,
-    window: int = PUBLISH_WINDOW,
-    on_progress: Callable[[int], None] = lambda _: None,
-) -> None:
-    """Publish from several processes at once, as many producer services would.
+class ParallelPublisher:
+    """Several producer processes, as many producer services would be, each with its own
+    connection and up to `window` votes awaiting the broker's confirm.
 
-    Each process keeps up to `window` votes awaiting the broker's confirm. `on_progress`
-    gets each chunk's size once the broker has confirmed the whole chunk.
+    The processes start (and connect) on entering the `with` block, so that what follows
+    measures publishing, not interpreters starting.
     """
-    chunks = [list(votes[i : i + chunk_size]) for i in range(0, len(votes), chunk_size)]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_open_process_publisher, initargs=(window,)
-    ) as pool:
-        for done in as_completed([pool.submit(_publish_chunk, chunk) for chunk in chunks]):
+
+    def __init__(self, *, processes: int = 4, window: int = PUBLISH_WINDOW) -> None:
+        self.processes = processes
+        self._pool = ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_open_process_publisher,
+            initargs=(window,),
+        )
+
+    def __enter__(self) -> Self:
+        # One task per process: each submit without an idle process starts one.
+        for started in [self._pool.submit(_ready) for _ in range(self.processes)]:
+            started.result()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.shutdown()
+
+    def publish(
+        self,
+        votes: Sequence[dict[str, Any]],
+        *,
+        chunk_size: int = 250,
+        on_progress: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        """Publish `votes` spread over the processes; returns once the broker confirmed them
+        all. `on_progress` gets each chunk's size once the broker has the whole chunk."""
+        chunks = [list(votes[i : i + chunk_size]) for i in range(0, len(votes), chunk_size)]
+        for done in as_completed([self._pool.submit(_publish_chunk, c) for c in chunks]):
             on_progress(done.result())

@@ -10,25 +10,31 @@ import pytest
 
 from tests.support import vote, voter_hash
 from votes_app.faults import broker_vhost, rabbitmqctl
-from votes_app.producer import VotePublisher
+from votes_app.producer import ParallelPublisher, VotePublisher
 
 LAW = "loi-21"
 
 
 def queued_task_ids() -> list[str]:
     """The task ids of every message waiting in votes.validation (taken off the queue)."""
+    return [task_id for task_id, _ in queued_messages()]
+
+
+def queued_messages() -> list[tuple[str, dict[str, Any]]]:
+    """(task id, kwargs) of every message waiting in votes.validation (taken off the queue)."""
     from votes_app.celery import VALIDATION, app
 
-    ids = []
+    found = []
     (validation,) = (q for q in app.conf.task_queues if q.name == VALIDATION)
     with app.connection_for_write() as connection:
         queue = connection.SimpleQueue(validation, no_ack=True)
         try:
             while True:
                 message: Any = queue.get(timeout=1)
-                ids.append(message.headers["id"])
+                _, kwargs, _ = message.decode()
+                found.append((message.headers["id"], kwargs))
         except queue.Empty:
-            return ids
+            return found
         finally:
             queue.close()
 
@@ -64,6 +70,21 @@ def test_votes_unconfirmed_when_the_connection_drops_are_sent_again() -> None:
     # a task id once. None may be missing.
     assert set(queued) == {task_id for task_id, _ in before + after}
     assert len(queued) >= len(before) + len(after)
+
+
+def test_parallel_producers_publish_every_vote_once_confirmed() -> None:
+    sent = [kwargs for _, kwargs in votes(600, first=0)]
+    reported: list[int] = []
+
+    with ParallelPublisher(processes=2, window=50) as producers:
+        producers.publish(sent, chunk_size=100, on_progress=reported.append)
+
+    assert sum(reported) == len(sent)
+    queued = queued_messages()
+    assert sorted(kwargs["vote_hash"] for _, kwargs in queued) == sorted(
+        kwargs["vote_hash"] for kwargs in sent
+    )
+    assert len({task_id for task_id, _ in queued}) == len(sent)
 
 
 def test_a_publisher_used_outside_its_block_says_so() -> None:
