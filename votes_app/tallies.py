@@ -18,6 +18,7 @@ from datetime import timedelta
 import redis
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -30,8 +31,12 @@ FLUSHING = "tallies:flushing"  # the same, taken aside by a flush
 FLUSHING_BATCH_ID = "tallies:flushing:batch_id"
 
 CHOICES = ("oui", "non")
-# Votes marked per statement: bounds the size of one statement, not of a batch.
-MARK_CHUNK = 20_000
+# Votes marked per statement: bounds the size of one statement, not of a batch. The hashes
+# travel as one array parameter (`= ANY(...)`), not one bound value each, which PostgreSQL
+# and psycopg2 take in far less time.
+MARK_CHUNK = 200_000
+# Stragglers swept per flush: they are rare, and each is a row locked until the commit.
+STRAGGLER_CHUNK = 20_000
 
 # Move the pending votes aside under a batch id. A batch left by a crashed flush is handed
 # out again, with its old id, before anything new.
@@ -188,7 +193,8 @@ def apply_batch(
         return None
     counted: Counter[tuple[str, str]] = Counter()
     for hashes in _chunks(sorted(batch.vote_hashes), MARK_CHUNK):
-        counted += _mark(session, batch.batch_id, VoteAudit.vote_hash.in_(hashes))
+        listed = sa.literal(list(hashes), ARRAY(sa.String))
+        counted += _mark(session, batch.batch_id, VoteAudit.vote_hash == sa.any_(listed))
     if straggler_age is not None:
         stragglers = (
             sa.select(VoteAudit.id)
@@ -196,7 +202,7 @@ def apply_batch(
                 VoteAudit.tally_batch.is_(None),
                 VoteAudit.recorded_at < sa.func.now() - straggler_age,
             )
-            .limit(MARK_CHUNK)
+            .limit(STRAGGLER_CHUNK)
             # Another flush sweeping at the same moment takes other rows instead of waiting.
             .with_for_update(skip_locked=True)
         )
