@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +14,7 @@ from sqlalchemy.engine import make_url
 from votes_app import harness
 from votes_app.harness import alembic_config as alembic_config
 from votes_app.harness import queue_depths as queue_depths
+from votes_app.harness import run_votes as run_votes
 from votes_app.harness import voter_hash as voter_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,21 +130,6 @@ def results() -> dict[tuple[str, str], int]:
         for law_id, oui, non in rows:
             counts.update({(law_id, "oui"): oui, (law_id, "non"): non})
     return {key: value for key, value in counts.items() if value}
-
-
-def run_votes(
-    *args: str, check: bool = False, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run the `votes` command as a user would, with the test environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "votes_app.cli", *args],
-        cwd=REPO,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=check,
-    )
 
 
 # --- processes ------------------------------------------------------------------------

@@ -65,7 +65,6 @@ SECOND_VOTES_AT = 0.7
 OLD_PIPELINE_VOTES_PER_SECOND = 566.0
 CEILING_QUEUE = "votes.bench.ceiling"
 VALIDATE_ALONE_VOTES = 20_000
-VOTES_COMMAND = "from votes_app.cli import main; main()"
 MIB = 1024 * 1024
 
 T = TypeVar("T")
@@ -1271,7 +1270,7 @@ def measure_voters_load(count: int, directory: Path, display: Display) -> dict[s
     """Time the real `votes voters load FILE` on `count` new hashes, from an empty Redis
     index: what an operator waits for, interpreter start included."""
     from votes_app.ballot_box import VALID_HASHES, voter_roll_size
-    from votes_app.harness import REPO
+    from votes_app.harness import run_votes
     from votes_app.resources import get_redis
 
     client = get_redis()
@@ -1282,14 +1281,7 @@ def measure_voters_load(count: int, directory: Path, display: Display) -> dict[s
             out.write(hashlib.sha256(f"bench-roll|{n}".encode()).hexdigest() + "\n")
     display.show("votes voters load", 0, count)
     started = time.monotonic()
-    # The `votes` entry point of this checkout, whichever installation the venv points to.
-    done = subprocess.run(
-        [sys.executable, "-c", VOTES_COMMAND, "voters", "load", str(roll_file)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_votes("voters", "load", str(roll_file), timeout=None)
     seconds = time.monotonic() - started
     roll_file.unlink()
     loaded = voter_roll_size(client)
@@ -1310,9 +1302,9 @@ def measure_voters_load(count: int, directory: Path, display: Display) -> dict[s
 
 def measure_validation(count: int, display: Display) -> dict[str, Any]:
     """`validate` alone, in this process, on `count` new voters in batches of
-    VALIDATE_BATCH_SIZE:
-    the pool's share of a vote without the broker, Celery or other processes, so its CPU
-    time is far less at the mercy of a busy machine than the pipeline's figures."""
+    VALIDATE_BATCH_SIZE: the pool's share of a vote without the broker, Celery or other
+    processes, so its CPU time is far less at the mercy of a busy machine than the
+    pipeline's figures."""
     from votes_app.ballot_box import load_voters
     from votes_app.config import get_settings
     from votes_app.harness import reset_namespace

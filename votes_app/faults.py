@@ -60,6 +60,7 @@ from votes_app.harness import (
     Worker,
     queue_depths,
     reset_namespace,
+    run_votes,
     voter_hash,
     wait_for,
 )
@@ -775,15 +776,7 @@ def redis_restarted_empty(run: Run) -> None:
 
 def votes_command(*args: str) -> str:
     """The `votes` command, as an operator runs it, on this namespace."""
-    return subprocess.run(
-        [sys.executable, "-m", "votes_app.cli", *args],
-        cwd=REPO,
-        env=os.environ.copy(),
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout
+    return run_votes(*args, check=True, timeout=300).stdout
 
 
 def terminate_worker(run: Run) -> None:

@@ -30,6 +30,20 @@ WORK_QUEUES = (VALIDATION, AGGREGATION, REVIEW)
 T = TypeVar("T")
 
 
+def run_votes(
+    *args: str, check: bool = False, timeout: float | None = 120
+) -> subprocess.CompletedProcess[str]:
+    """The `votes` command of this checkout, as a user runs it, in this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "votes_app.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
 def wait_for(
     predicate: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.1, what: str = ""
 ) -> T:
