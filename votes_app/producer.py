@@ -128,7 +128,7 @@ class VotePublisher:
             self._send(task_id, kwargs)
         except self._connection_errors:
             self._reconnect()
-        if len(self._confirms or ()) >= self.window:
+        if len(self._confirms) >= self.window:
             self.confirm()
         return task_id
 
@@ -140,9 +140,7 @@ class VotePublisher:
                 refused = self._confirms.settle(self._connection, self.confirm_timeout)
                 if not refused:
                     return
-                for task_id, kwargs in refused:
-                    self._confirms.sent((task_id, kwargs))
-                    self._send(task_id, kwargs)
+                self._send_again(refused)
             except self._connection_errors:
                 # A confirm that timed out also lands here: the same cure.
                 self._reconnect()
@@ -166,10 +164,14 @@ class VotePublisher:
         unconfirmed = self._confirms.unconfirmed if self._confirms is not None else []
         self._confirms = ConfirmWindow(channel)
         self._producer = app.amqp.Producer(channel)
+        self._send_again(unconfirmed)
+
+    def _send_again(self, votes: list[tuple[str, dict[str, Any]]]) -> None:
+        assert self._confirms is not None
         # All recorded before any is sent: a failure halfway leaves every one unconfirmed.
-        for item in unconfirmed:
-            self._confirms.sent(item)
-        for task_id, kwargs in unconfirmed:
+        for vote in votes:
+            self._confirms.sent(vote)
+        for task_id, kwargs in votes:
             self._send(task_id, kwargs)
 
     def _reconnect(self) -> None:
