@@ -25,13 +25,15 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && rm /tmp/requirements.txt
 
 # README.md* : pyproject names it as the readme; the glob keeps the build going without it.
+# The migrations ship inside the package; alembic.ini lets `alembic upgrade head` (the
+# compose stack's one-shot `migrate`) run from /app.
 COPY README.md* alembic.ini ./
-COPY alembic ./alembic
 COPY votes_app ./votes_app
-# Editable, so that the package stays in /app next to alembic.ini (votes health and the
-# harness find the migrations relative to the package) and the `votes` command exists.
-RUN pip install --no-deps --editable . \
-    && python -c "import votes_app.config"
+# A regular install: the runtime package, its migrations and the `votes` command in
+# site-packages. votes_tools is not in the build context, so not in the image.
+RUN pip install --no-deps . \
+    && rm -rf build votes_app votes_app.egg-info \
+    && python -c "import votes_app.migrations, votes_app.cli"
 
 USER votes
 

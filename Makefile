@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make test     run the test suite against local RabbitMQ, Redis and PostgreSQL"
 	@echo "make demo     run the pipeline end to end on 10,700 votes and reconcile"
-	@echo "make lint     ruff and mypy"
+	@echo "make lint     ruff, mypy and the import contracts (lint-imports)"
 	@echo "make bench    throughput and latency on 100,000 votes (a few minutes)"
 	@echo "make faults   the fault campaign: kills, restarts, outages (several minutes)"
 	@echo "make migrate  alembic upgrade head on DATABASE_URL"
@@ -39,6 +39,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 demo: install services
 	$(BIN)/votes demo

@@ -1,24 +1,24 @@
-"""Helpers for the integration tests: real worker and beat processes, data, polling."""
+"""Helpers for the integration tests: state resets, votes, polling; the worker and beat
+processes are the tools' own (`votes_tools.processes`)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.engine import make_url
 
-from votes_app import harness
-from votes_app.harness import alembic_config as alembic_config
-from votes_app.harness import queue_depths as queue_depths
-from votes_app.harness import run_votes as run_votes
-from votes_app.harness import voter_hash as voter_hash
+from votes_app.celery import ALL_QUEUES, WORK_QUEUES
+from votes_app.migrations import alembic_config
+from votes_app.status import queue_depths
+from votes_tools import polling
+from votes_tools.processes import Beat as Beat
+from votes_tools.processes import Worker as Worker
+from votes_tools.processes import run_votes as run_votes
+from votes_tools.workload import voter_hash as voter_hash
 
-REPO = Path(__file__).resolve().parent.parent
-ALL_QUEUES = ("votes.validation", "votes.aggregation", "votes.review")
 TIMESTAMP = "2026-11-27T09:30:00+00:00"
 
 T = TypeVar("T")
@@ -27,9 +27,9 @@ T = TypeVar("T")
 def wait_for(
     predicate: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.1, what: str = ""
 ) -> T:
-    """`harness.wait_for`, failing the test (AssertionError) when the deadline passes."""
+    """`polling.wait_for`, failing the test (AssertionError) when the deadline passes."""
     try:
-        return harness.wait_for(predicate, timeout=timeout, interval=interval, what=what)
+        return polling.wait_for(predicate, timeout=timeout, interval=interval, what=what)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
 
@@ -78,11 +78,11 @@ def reset_broker() -> None:
     Declared again at once: a producer's connection remembers the queues it declared, and
     would publish a vote into an exchange with no queue bound to it.
     """
-    from votes_app.celery import DEAD, app, declare_dead_letters
+    from votes_app.celery import app, declare_dead_letters
 
     with app.connection_for_write() as connection:
         channel: Any = connection.default_channel
-        for name in (*ALL_QUEUES, DEAD):
+        for name in ALL_QUEUES:
             channel.queue_delete(name)
         for queue in app.conf.task_queues:
             queue.bind(channel).declare()
@@ -132,36 +132,17 @@ def results() -> dict[tuple[str, str], int]:
     return {key: value for key, value in counts.items() if value}
 
 
-# --- processes ------------------------------------------------------------------------
-
-
-class Worker(harness.Worker):
-    """A worker with a name of its own in this test session; ready when `start()` returns."""
-
-    _count = 0
-
-    def __init__(
-        self,
-        log: Path,
-        *,
-        queues: Sequence[str] = ALL_QUEUES,
-        concurrency: int = 2,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        Worker._count += 1
-        name = f"test{Worker._count}-{os.getpid()}@%h"
-        super().__init__(log, name=name, queues=queues, concurrency=concurrency, env=env)
-
-
-Beat = harness.Beat
+# --- the pipeline draining ---------------------------------------------------------------
 
 
 def work_queues_empty() -> bool:
     depths = queue_depths()
-    return all(depths[name] == 0 for name in ALL_QUEUES)
+    return all(depths[name] == 0 for name in WORK_QUEUES)
 
 
-def settle(observe: Callable[[], dict[str, Any]], expected: dict[str, Any], timeout: float) -> None:
+def wait_until_drained(
+    observe: Callable[[], dict[str, Any]], expected: dict[str, Any], timeout: float
+) -> None:
     """Wait until `observe()` equals `expected` with the work queues empty; diff if never."""
     try:
         wait_for(

@@ -36,6 +36,9 @@ class SettledBatches(Batches):  # type: ignore[misc]
 
     Each batch is also announced as one task to event consumers (Flower, exporters), which
     `Batches` leaves silent: one event per batch, not two per vote.
+
+    `flush` is celery-batches' name for running a buffered batch; in the rest of votes_app a
+    flush is the tally flush (`flush_tallies`) alone.
     """
 
     Request = "votes_app.consumer:VotesRequest"
@@ -43,8 +46,8 @@ class SettledBatches(Batches):  # type: ignore[misc]
 
     def Strategy(self, task: Batches, app: Celery, consumer: Any) -> Callable[..., None]:
         # Celery's hook for a task's own message handling, called again after every broker
-        # reconnect. The reconnect cleared the worker's timer, flush timer included: forget
-        # it, or no partial batch would be flushed again until the worker restarts.
+        # reconnect. The reconnect cleared the worker's timer, the batch timer included:
+        # forget it, or no partial batch would run again until the worker restarts.
         self._tref = None
         self._events = consumer.event_dispatcher
         strategy: Callable[..., None] = super().Strategy(task, app, consumer)
@@ -55,6 +58,7 @@ class SettledBatches(Batches):  # type: ignore[misc]
             self._events.send(kind, **fields)
 
     def flush(self, requests: Collection[CeleryRequest]) -> Any:
+        """Run one batch in the pool; settle each of its messages when it returns."""
         requests = list(requests)
         batch = ([SimpleRequest.from_request(request) for request in requests],)
         batch_id = uuid.uuid4().hex

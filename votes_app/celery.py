@@ -20,6 +20,9 @@ VALIDATION = "votes.validation"
 AGGREGATION = "votes.aggregation"
 REVIEW = "votes.review"
 DEAD = "votes.dead"
+# The queues workers consume, and with votes.dead every queue of the application.
+WORK_QUEUES = (VALIDATION, AGGREGATION, REVIEW)
+ALL_QUEUES = (*WORK_QUEUES, DEAD)
 
 VOTES_EXCHANGE = Exchange("votes", type="direct", durable=True)
 # Fanout keeps each dead message's original routing key, so a replay knows its queue.
@@ -36,7 +39,7 @@ def task_queues(settings: Settings) -> tuple[Queue, ...]:
         arguments |= {"x-queue-type": "quorum", "x-delivery-limit": settings.max_redeliveries}
     return tuple(
         Queue(name, VOTES_EXCHANGE, routing_key=name, durable=True, queue_arguments=arguments)
-        for name in (VALIDATION, AGGREGATION, REVIEW)
+        for name in WORK_QUEUES
     )
 
 

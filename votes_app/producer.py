@@ -1,11 +1,8 @@
-"""Publishing votes the way a producer service does: one `validate_vote` task per vote."""
+"""The producer client: `VotePublisher` publishes votes as `validate_vote` tasks, confirmed."""
 
 from __future__ import annotations
 
-import multiprocessing
 import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from itertools import takewhile
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -14,7 +11,6 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from votes_app.celery import VALIDATION, app, declare_dead_letters
-from votes_app.config import PUBLISH_WINDOW
 
 T = TypeVar("T")
 
@@ -23,8 +19,8 @@ class ConfirmWindow(Generic[T]):
     """Publisher confirms on one channel, awaited a window at a time.
 
     The caller records each message it publishes with `sent(item)`, in publishing order
-    (delivery tags count from 1 on a channel in confirm mode). `settle` waits until the
-    broker has confirmed or refused them all and returns the refused ones; after a lost
+    (delivery tags count from 1 on a channel in confirm mode). `wait_for_confirms` waits
+    until the broker has confirmed or refused them all and returns the refused ones; after a lost
     connection, `unconfirmed` lists what may not have reached the broker.
     """
 
@@ -57,7 +53,7 @@ class ConfirmWindow(Generic[T]):
         for refused in self._covered(tag, multiple):
             self._refused.append(self._pending.pop(refused))
 
-    def settle(self, connection: Connection, timeout: float) -> list[T]:
+    def wait_for_confirms(self, connection: Connection, timeout: float) -> list[T]:
         """Wait for every confirm; the messages the broker refused (nack)."""
         while self._pending:
             try:
@@ -137,7 +133,7 @@ class VotePublisher:
         for _ in range(self.max_reconnects + 1):
             assert self._confirms is not None and self._connection is not None
             try:
-                refused = self._confirms.settle(self._connection, self.confirm_timeout)
+                refused = self._confirms.wait_for_confirms(self._connection, self.confirm_timeout)
                 if not refused:
                     return
                 self._send_again(refused)
@@ -187,6 +183,7 @@ class VotePublisher:
                     raise
 
     def _send(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        """Hand one message to the broker (on the channel whose confirms are awaited)."""
         app.send_task(
             "votes_app.validate_vote",
             kwargs=kwargs,
@@ -200,63 +197,3 @@ class VotePublisher:
             # events and logs pick it up: leave the voter's identity out of it.
             kwargsrepr=repr({k: v for k, v in kwargs.items() if k != "citizen_id"}),
         )
-
-
-_process_publisher: VotePublisher | None = None
-
-
-def _open_process_publisher(window: int) -> None:
-    global _process_publisher
-    _process_publisher = VotePublisher(window=window).__enter__()
-
-
-def _ready() -> bool:
-    return _process_publisher is not None
-
-
-def _publish_chunk(chunk: list[dict[str, Any]]) -> int:
-    assert _process_publisher is not None, "started without _open_process_publisher"
-    for kwargs in chunk:
-        _process_publisher.publish(kwargs)
-    _process_publisher.confirm()
-    return len(chunk)
-
-
-class ParallelPublisher:
-    """Several producer processes, as many producer services would be, each with its own
-    connection and up to `window` votes awaiting the broker's confirm.
-
-    The processes start (and connect) on entering the `with` block, so that what follows
-    measures publishing, not interpreters starting.
-    """
-
-    def __init__(self, *, processes: int = 4, window: int = PUBLISH_WINDOW) -> None:
-        self.processes = processes
-        self._pool = ProcessPoolExecutor(
-            processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_open_process_publisher,
-            initargs=(window,),
-        )
-
-    def __enter__(self) -> Self:
-        # One task per process: each submit without an idle process starts one.
-        for started in [self._pool.submit(_ready) for _ in range(self.processes)]:
-            started.result()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._pool.shutdown()
-
-    def publish(
-        self,
-        votes: Sequence[dict[str, Any]],
-        *,
-        chunk_size: int = 250,
-        on_progress: Callable[[int], None] = lambda _: None,
-    ) -> None:
-        """Publish `votes` spread over the processes; returns once the broker confirmed them
-        all. `on_progress` gets each chunk's size once the broker has the whole chunk."""
-        chunks = [list(votes[i : i + chunk_size]) for i in range(0, len(votes), chunk_size)]
-        for done in as_completed([self._pool.submit(_publish_chunk, c) for c in chunks]):
-            on_progress(done.result())

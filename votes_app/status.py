@@ -1,20 +1,32 @@
-"""The system as it is right now: queue depths, voter roll, flush lag, last flush."""
+"""The system as it is now: queue depths, voter roll, flush lag, beat's heartbeat."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from votes_app import metrics, tallies
 from votes_app.ballot_box import voter_roll_size
-from votes_app.celery import AGGREGATION, DEAD, REVIEW, VALIDATION, app
-from votes_app.models import TallyBatch, VoteAudit
+from votes_app.celery import ALL_QUEUES, VALIDATION, app
+from votes_app.models import VoteAudit
 from votes_app.resources import get_redis, session_scope
 
-ALL_QUEUES = (VALIDATION, AGGREGATION, REVIEW, DEAD)
+FLUSH_HEARTBEAT = "tallies:last_flush"
+
+
+def record_flush_heartbeat(client: redis.Redis) -> None:
+    """Each flush says when it ran: beat is alive while this stays fresh."""
+    client.set(FLUSH_HEARTBEAT, f"{time.time():.3f}")
+
+
+def seconds_since_flush(client: redis.Redis) -> float | None:
+    """How long ago the last flush ran; None when none has run."""
+    last = client.get(FLUSH_HEARTBEAT)
+    return None if last is None else time.time() - float(str(last))
 
 
 def queue_depths() -> dict[str, int]:
@@ -43,11 +55,6 @@ def flush_lag_seconds(*, session: Session) -> float:
         ).where(VoteAudit.tally_batch.is_(None))
     )
     return float(lag or 0.0)
-
-
-def last_flush_at(*, session: Session) -> datetime | None:
-    """When a flush last applied a batch."""
-    return session.scalar(sa.select(sa.func.max(TallyBatch.applied_at)))
 
 
 def refresh_gauges() -> None:

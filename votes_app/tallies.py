@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import redis
 import sqlalchemy as sa
@@ -23,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from votes_app import metrics
-from votes_app.models import TallyBatch, VoteAudit, VoteResult
+from votes_app.models import TallyBatch, VoteAudit, VoteResult, vote_statistics
 from votes_app.schemas import Choice
 
 PENDING = "tallies:pending"  # SET of vote hashes recorded but not yet flushed
@@ -269,3 +270,11 @@ def results_by_law(*, session: Session) -> dict[tuple[str, str], int]:
         counts[(law_id, "oui")] = oui
         counts[(law_id, "non")] = non
     return counts
+
+
+def statistics(*, session: Session, law_id: str | None = None) -> list[sa.Row[Any]]:
+    """The `vote_statistics` view (counts, percentages, last update) per law, in law order."""
+    query = sa.select(vote_statistics).order_by(vote_statistics.c.law_id)
+    if law_id:
+        query = query.where(vote_statistics.c.law_id == law_id)
+    return list(session.execute(query))

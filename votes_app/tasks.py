@@ -13,7 +13,7 @@ from celery.utils.log import get_task_logger
 from celery_batches import SimpleRequest
 from pydantic import TypeAdapter
 
-from votes_app import dead_letters, health, metrics, review, status, tallies, validation
+from votes_app import dead_letters, metrics, review, status, tallies, validation
 from votes_app.batching import SettledBatches, settle
 from votes_app.celery import app
 from votes_app.config import get_settings
@@ -129,7 +129,7 @@ def flush_tallies(self: Task[..., None]) -> None:
             session_scope=session_scope,
             straggler_age=timedelta(seconds=settings.tally_straggler_seconds),
         )
-    health.record_flush_heartbeat(get_redis())
+    status.record_flush_heartbeat(get_redis())
     measure.flush_duration.set(time.perf_counter() - started)
     measure.last_flush.set(time.time())
     try:

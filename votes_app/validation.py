@@ -63,6 +63,21 @@ def judge(
     return ballots, rejections
 
 
+def refusal(
+    ballot: Ballot, verdict: Verdict, reason: str, *, seen_at: datetime, attempt: int | None = None
+) -> Rejection:
+    """A well-formed ballot refused for review: who (hash), where (law), why, not what."""
+    return Rejection(
+        verdict=verdict,
+        task_id=ballot.task_id,
+        reason=reason,
+        seen_at=seen_at,
+        vote_hash=ballot.vote.vote_hash,
+        law_id=ballot.vote.law_id,
+        attempt=attempt,
+    )
+
+
 def adopt_orphans(
     taken: Sequence[Ballot],
     *,
@@ -107,14 +122,7 @@ def validate(
     claimed = [b for b, c in zip(ballots, claims, strict=True) if c is Claim.CLAIMED]
     taken = [b for b, c in zip(ballots, claims, strict=True) if c is Claim.TAKEN]
     outcome.rejections += [
-        Rejection(
-            verdict=Verdict.INVALID,
-            task_id=b.task_id,
-            reason="voter hash is not on the voter roll",
-            seen_at=now,
-            vote_hash=b.vote.vote_hash,
-            law_id=b.vote.law_id,
-        )
+        refusal(b, Verdict.INVALID, "voter hash is not on the voter roll", seen_at=now)
         for b, c in zip(ballots, claims, strict=True)
         if c is Claim.INVALID
     ]
@@ -146,15 +154,7 @@ def validate(
     if duplicates:
         attempts = ballot_box.count_duplicates([b.key for b in duplicates])
         outcome.rejections += [
-            Rejection(
-                verdict=Verdict.DUPLICATE,
-                task_id=b.task_id,
-                reason="voter hash has already voted",
-                seen_at=now,
-                vote_hash=b.vote.vote_hash,
-                law_id=b.vote.law_id,
-                attempt=attempt,
-            )
-            for b, attempt in zip(duplicates, attempts, strict=True)
+            refusal(b, Verdict.DUPLICATE, "voter hash has already voted", seen_at=now, attempt=n)
+            for b, n in zip(duplicates, attempts, strict=True)
         ]
     return outcome

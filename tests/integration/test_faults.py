@@ -16,23 +16,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from tests.support import run_votes
-from votes_app.faults import (
-    SCENARIOS,
-    Options,
-    Row,
-    Run,
-    make_stream,
-    measure,
-    run_scenario,
-)
 from votes_app.models import DuplicateAttempt, VoteAudit
 from votes_app.resources import session_scope
+from votes_tools.faults.options import CampaignOptions
+from votes_tools.faults.report import Row
+from votes_tools.faults.run import ScenarioRun, measure
+from votes_tools.faults.scenarios import SCENARIOS, run_scenario, scenario_workload
 
 VOTES = 2_000
 
 
-def quick(tmp_path: Path, **changes: Any) -> Options:
-    return replace(Options.quick(tmp_path, votes=VOTES), **changes)
+def quick(tmp_path: Path, **changes: Any) -> CampaignOptions:
+    return replace(CampaignOptions.quick(tmp_path, votes=VOTES), **changes)
 
 
 def assert_clean(row: Row) -> None:
@@ -103,13 +98,14 @@ def test_the_campaign_sees_lost_double_and_wrongly_refused_votes(tmp_path: Path)
     """The row's checks can fail: after a clean run, the test loses a counted vote (which
     leaves it counted but not recorded) and invents a duplicate for a voter who voted once."""
 
-    def no_fault(run: Run) -> None:
+    def no_fault(run: ScenarioRun) -> None:
         pass
 
-    row = run_scenario("no-fault", quick(tmp_path, votes=1_000), reset=False, inject=no_fault)
+    options = quick(tmp_path, votes=1_000)
+    row = run_scenario("no-fault", options, reset=False, inject=no_fault)
     assert row.problems() == []
-    stream = make_stream(1_000)
-    victim = sorted(stream.sent_once)[0]
+    workload = scenario_workload(options)
+    victim = sorted(workload.sent_once)[0]
     with session_scope() as session:
         audit_row = session.scalars(sa.select(VoteAudit).where(VoteAudit.vote_hash == victim))
         vote = audit_row.one()
@@ -125,7 +121,7 @@ def test_the_campaign_sees_lost_double_and_wrongly_refused_votes(tmp_path: Path)
         )
 
     tampered = Row(scenario="tampered")
-    measure(stream, tampered)
+    measure(workload, tampered)
 
     assert (tampered.lost, tampered.counted_twice, tampered.wrongly_refused) == (1, 1, 1)
     assert not tampered.ok

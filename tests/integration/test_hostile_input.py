@@ -33,12 +33,15 @@ from tests.support import (
     results,
     voter_hash,
 )
-from votes_app import faults
-from votes_app.celery import AGGREGATION, DEAD, REVIEW, VALIDATION, VOTES_EXCHANGE, app
+from votes_app.celery import AGGREGATION, DEAD, VALIDATION, VOTES_EXCHANGE, WORK_QUEUES, app
 from votes_app.dead_letters import DeadLetter, deliveries_key, list_dead
-from votes_app.harness import Beat, Snapshot, Worker, queue_depths, wait_for
 from votes_app.resources import get_engine, get_redis
 from votes_app.review import sample_of
+from votes_app.status import queue_depths
+from votes_tools.counts import Snapshot
+from votes_tools.faults.injectors import in_flight
+from votes_tools.polling import wait_for
+from votes_tools.processes import Beat, Worker
 
 LAW = "law-001"
 CITIZEN_ID = "CITIZEN-7f3a91e2"  # carried by every vote: must never reach a log line
@@ -455,7 +458,7 @@ CASES = [
 
 
 @dataclass
-class Stream:
+class HostileRun:
     """What the module fixture sent and what became of it."""
 
     worker: Worker
@@ -500,11 +503,6 @@ def publish_case(producer: Producer, case: Case, task_id: str) -> None:
     )
 
 
-def in_flight() -> int:
-    """Messages ready or delivered but not acknowledged in the work queues, by the broker."""
-    return faults.in_flight((VALIDATION, AGGREGATION, REVIEW))
-
-
 def review_rows() -> list[Any]:
     with get_engine().connect() as connection:
         return list(
@@ -515,7 +513,7 @@ def review_rows() -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def stream(fresh_database: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stream]:
+def stream(fresh_database: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileRun]:
     reset_database()
     reset_redis()
     reset_broker()
@@ -543,7 +541,7 @@ def stream(fresh_database: None, tmp_path_factory: pytest.TempPathFactory) -> It
                 publish_case(producer, case, task_ids[case.name])
                 send_valid(VALID_AROUND_EACH)
 
-        result = Stream(worker, task_ids, valid, dict(expected))
+        result = HostileRun(worker, task_ids, valid, dict(expected))
         wanted = Counter(case.outcome for case in CASES)
 
         def drained() -> bool:
@@ -562,8 +560,10 @@ def stream(fresh_database: None, tmp_path_factory: pytest.TempPathFactory) -> It
             # Beat adds a flush message every FLUSH_INTERVAL: without it, the work queues
             # must empty, unless something loops.
             beat.stop()
-            wait_for(lambda: in_flight() == 0, timeout=30, interval=0.5, what="empty queues")
-        result.unsettled = in_flight()
+            wait_for(
+                lambda: in_flight(WORK_QUEUES) == 0, timeout=30, interval=0.5, what="empty queues"
+            )
+        result.unsettled = in_flight(WORK_QUEUES)
         result.review = review_rows()
         with app.connection_for_write() as connection:
             result.dead = {letter.task_id: letter for letter in list_dead(connection, get_redis())}
@@ -581,7 +581,7 @@ def stream(fresh_database: None, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="module")
-def worker_log(stream: Stream) -> str:
+def worker_log(stream: HostileRun) -> str:
     return stream.worker.log.read_text(errors="replace")
 
 
@@ -614,7 +614,7 @@ def test_the_documented_table_is_this_one() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_hostile_message(stream: Stream, case: Case) -> None:
+def test_hostile_message(stream: HostileRun, case: Case) -> None:
     task_id = stream.task_ids[case.name]
     hashes = {case.kwargs.get("vote_hash"), *case.args[:1]}
     assert not hashes & stream.audited, "a hostile message was recorded as a vote"
@@ -643,20 +643,20 @@ def test_hostile_message(stream: Stream, case: Case) -> None:
     assert CITIZEN_ID not in rows[0].sample
 
 
-def test_the_worker_kept_running(stream: Stream) -> None:
+def test_the_worker_kept_running(stream: HostileRun) -> None:
     assert stream.worker.running()
     replies = app.control.ping(timeout=2) or []
     prefix = stream.worker.name.split("@")[0] + "@"
     assert any(node.startswith(prefix) for reply in replies for node in reply)
 
 
-def test_the_valid_votes_around_them_are_counted(stream: Stream) -> None:
+def test_the_valid_votes_around_them_are_counted(stream: HostileRun) -> None:
     assert stream.results == stream.expected_results
     assert {kwargs["vote_hash"] for _, kwargs in stream.valid} <= stream.audited
     assert len(stream.audited) == len(stream.valid)
 
 
-def test_nothing_is_left_in_flight(stream: Stream) -> None:
+def test_nothing_is_left_in_flight(stream: HostileRun) -> None:
     assert stream.unsettled == 0
     assert stream.redelivered == {}
     assert len(stream.dead) == sum(case.outcome == "dead" for case in CASES)
@@ -670,7 +670,7 @@ def test_the_log_shows_no_citizen_id_and_no_whole_hash(worker_log: str) -> None:
     assert FULL_HASH.findall(worker_log) == []
 
 
-def test_each_vote_has_one_outcome_line(stream: Stream, worker_log: str) -> None:
+def test_each_vote_has_one_outcome_line(stream: HostileRun, worker_log: str) -> None:
     outcomes = Counter(OUTCOME.findall(worker_log))
     task_ids = [task_id for task_id, _ in stream.valid] + [
         stream.task_ids[case.name]

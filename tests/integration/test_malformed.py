@@ -20,13 +20,13 @@ from tests.support import (
     count_rows,
     load_roll,
     publish,
-    queue_depths,
     results,
     vote,
     voter_hash,
     wait_for,
     work_queues_empty,
 )
+from votes_app.status import queue_depths
 
 LAW = "loi-21"
 MEGABYTE = 1_000_000

@@ -16,7 +16,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from tests.conftest import TEST_DATABASE_URL
-from tests.support import alembic_config, alembic_downgrade, alembic_upgrade
+from tests.support import alembic_downgrade, alembic_upgrade
+from votes_app.migrations import alembic_config
 from votes_app.models import Base, VoteAudit, VoteResult
 
 # The pid keeps two suites running side by side off each other's scratch database.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.error
 import urllib.request
 from base64 import b64encode
@@ -30,15 +29,10 @@ from tests.unit.test_deploy_files import (
     metric_names,
 )
 from votes_app.celery import app
-from votes_app.harness import Beat, CeleryProcess, Worker, wait_for
+from votes_tools.polling import wait_for
+from votes_tools.processes import Beat, CeleryProcess, Worker, free_port
 
 LAWS = ("law-001", "law-002")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

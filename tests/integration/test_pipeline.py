@@ -22,10 +22,10 @@ from tests.support import (
     publish,
     results,
     run_votes,
-    settle,
     vote,
     voter_hash,
     wait_for,
+    wait_until_drained,
     work_queues_empty,
 )
 
@@ -110,7 +110,7 @@ def test_each_voter_is_counted_once_and_the_rest_reviewed(
             "review rows": count_rows("vote_review"),
         }
 
-    settle(
+    wait_until_drained(
         observe,
         {
             "results": dict(expected_results),
@@ -255,7 +255,7 @@ def test_citizen_id_leaves_no_trace(
             "results total": sum(results().values()),
         }
 
-    settle(
+    wait_until_drained(
         observe,
         {
             "audit": {(voters[0],), (voters[4],)},

@@ -18,7 +18,7 @@ NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 SKEW = timedelta(seconds=300)
 HASH = hashlib.sha256(b"nas|000000001|law-001").hexdigest()
 CITIZEN_ID = "CITIZEN-7f3a91c0"
-# The example of ARCHITECTURE.md's contract, as a producer sends it.
+# The contract's example vote (docs/PRODUCERS.md), as a producer sends it.
 EXAMPLE: dict[str, Any] = {
     "vote_hash": HASH,
     "law_id": "law-001",

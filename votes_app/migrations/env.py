@@ -11,7 +11,9 @@ from votes_app.config import get_settings
 from votes_app.models import Base
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+# `alembic` on the command line reads its logging from alembic.ini; a configuration made in
+# code (`alembic_config()`) has no file and leaves the caller's logging alone.
+if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata

@@ -1,12 +1,10 @@
-"""`votes health`: is each dependency there and in working order? One check per line."""
+"""Health checks of each dependency (broker, Redis, PostgreSQL, workers, beat): one `Check` each."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
@@ -14,10 +12,9 @@ from sqlalchemy.engine import make_url
 from votes_app.ballot_box import voter_roll_size
 from votes_app.celery import app
 from votes_app.config import get_settings
-from votes_app.harness import alembic_config
+from votes_app.migrations import alembic_config
 from votes_app.resources import get_engine, get_redis
-
-FLUSH_HEARTBEAT = "tallies:last_flush"
+from votes_app.status import seconds_since_flush
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,11 +22,6 @@ class Check:
     name: str
     ok: bool
     detail: str
-
-
-def record_flush_heartbeat(client: redis.Redis) -> None:
-    """Each flush says when it ran: beat is alive while this stays fresh."""
-    client.set(FLUSH_HEARTBEAT, f"{time.time():.3f}")
 
 
 def check_broker() -> Check:
@@ -69,10 +61,9 @@ def check_workers() -> Check:
 
 def check_beat() -> Check:
     interval = get_settings().flush_interval_seconds
-    last = get_redis().get(FLUSH_HEARTBEAT)
-    if last is None:
+    age = seconds_since_flush(get_redis())
+    if age is None:
         return Check("beat", False, "no flush has run yet")
-    age = time.time() - float(str(last))
     # A few missed beats are normal under load; many mean beat (or the workers) stopped.
     limit = max(10 * interval, 30.0)
     if age > limit:

@@ -1,0 +1,35 @@
+"""`votes results` and `votes reconcile`: the count as it stands, and its check."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from votes_app.console import console, print_reconciliation, results_table
+
+
+@click.command()
+@click.option("--law", "law_id", help="Only this law.")
+def results(law_id: str | None) -> None:
+    """The live tallies per law, from the `vote_statistics` view."""
+    from votes_app.resources import session_scope
+    from votes_app.tallies import statistics
+
+    with session_scope() as session:
+        rows = statistics(session=session, law_id=law_id)
+    if not rows:
+        console.print(f"no results yet for law {law_id}" if law_id else "no results yet")
+        return
+    console.print(results_table(rows))
+
+
+@click.command()
+def reconcile() -> None:
+    """Compare `vote_results` with the audit log per law and choice; exit 1 on any drift."""
+    from votes_app import reconcile as reconciliation
+    from votes_app.resources import session_scope
+
+    with session_scope() as session:
+        found = reconciliation.reconcile(session=session)
+    sys.exit(0 if print_reconciliation(found) else 1)

@@ -1,0 +1,20 @@
+"""`votes bench`: throughput, latency and resource figures of the real pipeline, against targets.
+
+`votes bench` runs `python -m votes_tools.bench OPTIONS_JSON` on the namespace "bench" (see
+`votes_tools.namespace`), which it wipes. The phases, in this order:
+
+1. ceiling (`ceiling`): kombu alone, on a scratch queue, with the same number of same-sized
+   messages and the same producer processes: publish alone, consume/ack alone, both at once;
+2. throughput (`pipeline`): the real workers and beat (`celery -A votes_app ...`), N votes
+   published as fast as the producers go; first publish -> last vote tallied;
+3. latency (`pipeline`): a smaller open-loop run at --rate votes/s; publish -> audited ->
+   tallied per vote;
+4. worker memory and CPU per component (`accounting`), Redis memory per voter,
+   reconciliation (a lost or doubled vote fails the run);
+5. bulk operations (`bulk`): `validate` alone, `votes voters load` of a large roll, and one
+   flush of a large backlog of pending votes.
+
+`report` compares each figure with its target in a table; bench/results/bench-<time>.json
+keeps them all with the machine they came from (`machine`). `run` puts the phases together;
+the exit code is 1 when a vote was lost or doubled.
+"""

@@ -1,0 +1,167 @@
+"""The pipeline under measurement: workers and beat started as an operator starts them, the
+throughput and latency runs through them, Redis memory per voter, and the final check that
+no vote was lost or counted twice."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from votes_app import reconcile
+from votes_app.ballot_box import VALID_HASHES, VOTED_HASHES, load_voters
+from votes_app.celery import AGGREGATION, REVIEW, VALIDATION, WORK_QUEUES
+from votes_app.models import TallyBatch, VoteAudit
+from votes_app.resources import get_engine, get_redis, session_scope
+from votes_app.status import FLUSH_HEARTBEAT
+from votes_tools.bench.accounting import pipeline_memory
+from votes_tools.bench.display import Display
+from votes_tools.bench.options import BenchOptions
+from votes_tools.bench.throughput import run_latency, run_throughput
+from votes_tools.counts import Snapshot, Totals
+from votes_tools.polling import wait_for
+from votes_tools.processes import Beat, Worker, free_port
+from votes_tools.workload import Workload, mixed_workload
+
+
+def start_pipeline(
+    options: BenchOptions, directory: Path, stack: ExitStack
+) -> tuple[list[Worker], Beat]:
+    """Workers and beat as an operator starts them; each worker serves metrics on a port
+    of its own, so that two workers (or another run on this machine) do not collide."""
+    layout: list[tuple[str, Sequence[str], int]]
+    if options.topology == "single":
+        layout = [("bench", WORK_QUEUES, options.concurrency)]
+    else:
+        layout = [
+            ("bench-validation", (VALIDATION,), options.concurrency),
+            ("bench-aggregation", (AGGREGATION, REVIEW), 1),
+        ]
+    workers = []
+    for name, queues, concurrency in layout:
+        worker = Worker(
+            directory / f"{name}.log",
+            name=f"{name}-{os.getpid()}@%h",
+            queues=queues,
+            concurrency=concurrency,
+            loglevel=options.loglevel,
+            env=os.environ | {"METRICS_PORT": str(free_port())},
+        )
+        workers.append(stack.enter_context(worker))
+    beat = stack.enter_context(Beat(directory, loglevel=options.loglevel))
+    # Ready when its first flush has run: its start-up is not part of any measurement.
+    get_redis().delete(FLUSH_HEARTBEAT)
+    wait_for(lambda: get_redis().exists(FLUSH_HEARTBEAT), timeout=120, what="the first flush")
+    return workers, beat
+
+
+def load_roll(roll: Sequence[str]) -> None:
+    for _ in load_voters(get_redis(), roll):
+        pass
+
+
+def redis_key_bytes(*keys: str) -> dict[str, int]:
+    """Memory of each key, exact (`MEMORY USAGE ... SAMPLES 0` reads every member): the
+    Redis server is shared with other namespaces, so its total says little about ours."""
+    client = get_redis()
+    return {key: int(client.memory_usage(key, samples=0) or 0) for key in keys}
+
+
+def measure_pipeline(
+    options: BenchOptions,
+    workload: Workload,
+    report: dict[str, Any],
+    display: Display,
+    directory: Path,
+) -> list[Workload]:
+    """Workers and beat up for the throughput run, then the latency run: their figures go
+    into `report`; returns the workloads published besides `workload`."""
+    more: list[Workload] = []
+    load_roll(workload.roll)
+    with ExitStack() as stack:
+        workers, beat = start_pipeline(options, directory, stack)
+        display.note(f"workers and beat started; logs in {directory}")
+        report["memory"] = {"started": [asdict(m) for m in pipeline_memory(workers, beat)]}
+        throughput = run_throughput(options, workload, workers, beat, display, report["idle_cores"])
+        memory = throughput.pop("memory")
+        report["memory"] |= {
+            "half_of_throughput": memory.get("half", []),
+            "after_throughput": memory["end"],
+        }
+        report["throughput"] = throughput
+        # The throughput voters have all voted: their roll and voted set, exactly.
+        held = redis_key_bytes(VALID_HASHES, VOTED_HASHES)
+        report["redis"] = {
+            "voters": len(workload.roll),
+            "roll_bytes": held[VALID_HASHES],
+            "voted_bytes": held[VOTED_HASHES],
+            "bytes_per_voter": sum(held.values()) / len(workload.roll),
+        }
+        if options.skip_latency:
+            return more
+        offered = round(options.rate * options.latency_seconds)
+        more.append(mixed_workload(offered, laws=options.laws, tag="latency"))
+        load_roll(more[0].roll)
+        everything = [workload, *more]
+        goal = Totals(
+            sum(len(w.roll) for w in everything),
+            sum(len(w.second) for w in everything),
+            sum(len(w.unknown) for w in everything),
+        )
+        report["latency"] = run_latency(options, more[0], goal, workers, beat, display)
+        report["memory"]["after_latency"] = [asdict(m) for m in pipeline_memory(workers, beat)]
+    return more
+
+
+def reconcile_votes(workloads: Sequence[Workload]) -> dict[str, Any]:
+    """vote_results against the audit log (`votes reconcile`), and both against what was sent."""
+    with session_scope() as session:
+        lines = reconcile.compare(session=session)
+    expected: dict[tuple[str, str], int] = {}
+    for workload in workloads:
+        for key, count in workload.expected.items():
+            expected[key] = expected.get(key, 0) + count
+    tallied = {(line.law_id, line.choice): line.tallied for line in lines}
+    snapshot = Snapshot.take()
+    wrong = {
+        f"{law}/{choice}": {"sent": expected.get((law, choice), 0), "tallied": count}
+        for law, choice in sorted(tallied.keys() | expected.keys())
+        if (count := tallied.get((law, choice), 0)) != expected.get((law, choice), 0)
+    }
+    drift = [asdict(line) for line in lines if line.drift]
+    return {
+        "votes_expected": sum(expected.values()),
+        "votes_audited": snapshot.audited,
+        "votes_tallied": snapshot.tallied,
+        "uncounted": snapshot.uncounted,
+        "drift": drift,
+        "differences_from_sent": wrong,
+        "ok": not drift
+        and not wrong
+        and snapshot.uncounted == 0
+        and snapshot.audited == sum(expected.values()),
+    }
+
+
+def batch_shapes() -> dict[str, Any]:
+    """How the work was cut: audit rows per validation transaction (one recorded_at each),
+    votes per flush batch."""
+    with get_engine().connect() as connection:
+        rows, transactions = connection.execute(
+            sa.select(sa.func.count(), sa.func.count(sa.distinct(VoteAudit.recorded_at)))
+        ).one()
+        batches, votes = connection.execute(
+            sa.select(sa.func.count(), sa.func.sum(TallyBatch.vote_count)).where(
+                TallyBatch.vote_count > 0
+            )
+        ).one()
+    return {
+        "audit_rows_per_validation_commit": rows / transactions if transactions else None,
+        "flush_batches": int(batches),
+        "votes_per_flush_batch": int(votes or 0) / batches if batches else None,
+    }

@@ -1,0 +1,156 @@
+"""The scenarios of the campaign, each a plain function of its run that injects one fault
+while the votes stream in; `run_scenario` runs one from an empty namespace."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from votes_app.ballot_box import load_voters
+from votes_app.celery import WORK_QUEUES
+from votes_app.resources import get_redis
+from votes_app.status import queue_depths
+from votes_tools import namespace
+from votes_tools.counts import Snapshot
+from votes_tools.faults.injectors import (
+    broker_outage,
+    database_outage,
+    kill_main_process,
+    kill_pool_process,
+    polled,
+    redis_restart_empty,
+)
+from votes_tools.faults.options import CampaignOptions
+from votes_tools.faults.report import Row
+from votes_tools.faults.run import ScenarioRun
+from votes_tools.polling import wait_for
+from votes_tools.processes import run_votes
+from votes_tools.workload import Workload, mixed_workload
+
+Scenario = Callable[[ScenarioRun], None]
+
+
+def kill_workers(run: ScenarioRun) -> None:
+    """SIGKILL a worker's pool process (the pool replaces it), then the worker's main
+    process (started again), three times, alternating workers."""
+    for number, share in enumerate((0.2, 0.4, 0.6)):
+        worker = run.workers[number % len(run.workers)]
+        run.wait_until_audited(share)
+        kill_pool_process(worker)
+        run.row.evidence["pool_processes_killed"] = number + 1
+        run.wait_until_audited(share + 0.1)
+        if kill_main_process(worker):
+            run.row.evidence["orphans_killed"] = run.row.evidence.get("orphans_killed", 0) + 1
+        run.row.evidence["main_processes_killed"] = number + 1
+        run.restart(worker)
+
+
+def kill_beat(run: ScenarioRun) -> None:
+    """SIGKILL beat while flushes are due, three times; each time votes wait uncounted
+    until beat is back."""
+    for number, share in enumerate((0.25, 0.45, 0.65)):
+        run.wait_until_audited(share)
+        run.beat.kill()
+        run.row.evidence["beat_killed"] = number + 1
+        # Down long enough for recorded votes to pile up uncounted.
+        wait_for(
+            lambda: polled(lambda: Snapshot.take().uncounted, 0) > 0,
+            timeout=60,
+            what="votes waiting for a flush",
+        )
+        run.beat.start()
+
+
+def restart_rabbitmq(run: ScenarioRun) -> None:
+    """RabbitMQ goes away mid-stream; workers reconnect on their own, the producer resends."""
+    pids = [worker.pid for worker in run.workers]
+    run.wait_until_audited(1 / 3)
+    errors = run.producer.errors
+    broker_outage(run.options.broker_restart, run.options.outage_seconds)
+    run.row.evidence["broker_outages"] = 1
+    for worker in run.workers:
+        worker.wait_ready(timeout=120)
+    # The same processes answer: they reconnected by themselves, nobody restarted them.
+    run.row.evidence["workers_restarted"] = sum(
+        worker.pid != pid for worker, pid in zip(run.workers, pids, strict=True)
+    )
+    run.wait_until_audited(0.6)
+    run.row.evidence["publish_errors_during_outage"] = run.producer.errors - errors
+
+
+def postgresql_outage(run: ScenarioRun) -> None:
+    """The database refuses connections for OUTAGE seconds mid-stream: validation and
+    review retry with backoff, flushes wait; nothing is dropped or called a duplicate."""
+    run.wait_until_audited(1 / 3)
+    terminated = database_outage(run.options.outage_seconds)
+    run.row.evidence["connections_terminated"] = terminated
+    run.row.evidence["outage_seconds"] = run.options.outage_seconds
+
+
+def redis_restarted_empty(run: ScenarioRun) -> None:
+    """Redis forgets everything mid-stream: votes are held, not refused, until the roll is
+    loaded again; `voters rebuild-voted` restores the fast duplicate check."""
+    run.wait_until_audited(1 / 3)
+    run.row.evidence["redis_clients_disconnected"] = redis_restart_empty(run.options.redis_restart)
+    wait_for(lambda: "voter roll missing" in run.logs(), timeout=120, what="votes to be held")
+    held = wait_for(lambda: run.metric("votes_held_total"), timeout=60, what="held votes metric")
+    run.row.evidence["votes_held"] = held
+    roll = run.directory / "voter-roll.txt"
+    roll.write_text("\n".join(run.workload.roll) + "\n")
+    # As an operator would: the `votes` command, on this namespace.
+    run_votes("voters", "load", str(roll), check=True, timeout=300)
+    run_votes("voters", "rebuild-voted", check=True, timeout=300)
+
+
+def terminate_worker(run: ScenarioRun) -> None:
+    """SIGTERM a worker mid-stream (warm shutdown), start it again; then the other one."""
+    for number, share in enumerate((1 / 3, 0.6)):
+        worker = run.workers[number % len(run.workers)]
+        run.wait_until_audited(share)
+        assert worker.process is not None
+        started = time.monotonic()
+        worker.process.terminate()
+        code = worker.process.wait(timeout=120)
+        run.row.evidence[f"warm_shutdown_{number + 1}_seconds"] = time.monotonic() - started
+        run.row.evidence[f"warm_shutdown_{number + 1}_exit_code"] = code
+        run.restart(worker)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "kill-workers": kill_workers,
+    "kill-beat": kill_beat,
+    "restart-rabbitmq": restart_rabbitmq,
+    "postgresql-outage": postgresql_outage,
+    "redis-restarted-empty": redis_restarted_empty,
+    "sigterm-worker": terminate_worker,
+}
+
+
+def scenario_workload(options: CampaignOptions) -> Workload:
+    """The votes every scenario sends: the same for the same options."""
+    return mixed_workload(options.votes, laws=options.laws, tag="faults")
+
+
+def run_scenario(
+    name: str, options: CampaignOptions, *, reset: bool = True, inject: Scenario | None = None
+) -> Row:
+    """Run one scenario from an empty namespace (`reset=False`: the caller emptied it).
+
+    `inject` replaces the scenario's own fault (the tests use it to run without one).
+    """
+    if reset:
+        namespace.reset()
+    workload = scenario_workload(options)
+    for _ in load_voters(get_redis(), workload.roll):
+        pass
+    run = ScenarioRun(name, options, workload)
+    try:
+        run.start()
+        (inject or SCENARIOS[name])(run)
+        row = run.finish()
+    finally:
+        run.stop()
+    # Messages the stopped workers handed back: held up somewhere, not destroyed.
+    depths: dict[str, int] = polled(queue_depths, {})
+    row.evidence["ready_after_stop"] = sum(depths.get(queue, 0) for queue in WORK_QUEUES)
+    return row
