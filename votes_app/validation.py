@@ -88,7 +88,7 @@ def adopt_orphans(
 
     Such a voter was claimed by a worker that died before committing, and its claim
     expired (CLAIM_TTL_SECONDS) before the message came back, say from votes.dead. Refusing
-    it as a duplicate would lose the vote; PostgreSQL still settles any real contest.
+    it as a duplicate would lose the vote; PostgreSQL still decides any real contest.
     """
     with session_scope() as session:
         recorded = audit.recorders(session=session, vote_hashes={b.vote.vote_hash for b in taken})
@@ -136,21 +136,21 @@ def validate(
         with session_scope() as session:
             inserted = audit.record_votes(session=session, ballots=claimed)
             # Whoever recorded the hashes we did not insert: us (a redelivery) or another.
-            unsettled = taken + [b for b in claimed if b.vote.vote_hash not in inserted]
+            contested = taken + [b for b in claimed if b.vote.vote_hash not in inserted]
             recorders = audit.recorders(
-                session=session, vote_hashes={b.vote.vote_hash for b in unsettled}
+                session=session, vote_hashes={b.vote.vote_hash for b in contested}
             )
     except SQLAlchemyError:
         ballot_box.release([b.key for b in claimed])
         raise
 
     recorded = [b for b in claimed if b.vote.vote_hash in inserted]
-    recorded += [b for b in unsettled if recorders.get(b.vote.vote_hash) == b.task_id]
+    recorded += [b for b in contested if recorders.get(b.vote.vote_hash) == b.task_id]
     # A message delivered twice in one list records its vote once.
     outcome.recorded = list({b.vote.vote_hash: b for b in recorded}.values())
     if claimed:
         ballot_box.forget_claims([b.key for b in claimed])
-    duplicates = [b for b in unsettled if recorders.get(b.vote.vote_hash) != b.task_id]
+    duplicates = [b for b in contested if recorders.get(b.vote.vote_hash) != b.task_id]
     if duplicates:
         attempts = ballot_box.count_duplicates([b.key for b in duplicates])
         outcome.rejections += [

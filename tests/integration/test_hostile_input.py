@@ -469,7 +469,7 @@ class HostileRun:
     dead: dict[str, DeadLetter] = field(default_factory=dict)
     audited: set[str] = field(default_factory=set)
     results: dict[tuple[str, str], int] = field(default_factory=dict)
-    unsettled: int = 0  # messages ready or unacknowledged in the work queues
+    left_in_flight: int = 0  # messages ready or unacknowledged in the work queues
     redelivered: dict[str, int] = field(default_factory=dict)
 
 
@@ -556,14 +556,14 @@ def stream(fresh_database: None, tmp_path_factory: pytest.TempPathFactory) -> It
 
         # On a timeout the tests below say what is missing.
         with contextlib.suppress(TimeoutError):
-            wait_for(drained, timeout=90, interval=0.5, what="the hostile stream to settle")
+            wait_for(drained, timeout=90, interval=0.5, what="the hostile stream to drain")
             # Beat adds a flush message every FLUSH_INTERVAL: without it, the work queues
             # must empty, unless something loops.
             beat.stop()
             wait_for(
                 lambda: in_flight(WORK_QUEUES) == 0, timeout=30, interval=0.5, what="empty queues"
             )
-        result.unsettled = in_flight(WORK_QUEUES)
+        result.left_in_flight = in_flight(WORK_QUEUES)
         result.review = review_rows()
         with app.connection_for_write() as connection:
             result.dead = {letter.task_id: letter for letter in list_dead(connection, get_redis())}
@@ -657,7 +657,7 @@ def test_the_valid_votes_around_them_are_counted(stream: HostileRun) -> None:
 
 
 def test_nothing_is_left_in_flight(stream: HostileRun) -> None:
-    assert stream.unsettled == 0
+    assert stream.left_in_flight == 0
     assert stream.redelivered == {}
     assert len(stream.dead) == sum(case.outcome == "dead" for case in CASES)
 

@@ -84,7 +84,7 @@ def test_worker_metrics_count_what_happened(tmp_path: Path) -> None:
             "malformed": len(malformed),
         }
 
-        def settled() -> Samples:
+        def all_counted() -> Samples:
             samples = scrape(port)
             statuses = {
                 s: value(samples, "validation_votes_processed_total", status=s)
@@ -96,10 +96,10 @@ def test_worker_metrics_count_what_happened(tmp_path: Path) -> None:
                 for c in ("oui", "non")
             )
             dead = value(samples, "dead_letters_total", reason="failed")
-            settled = statuses == expected_statuses and totals == len(accepted) and dead == 1
-            return samples if settled else {}
+            counted = statuses == expected_statuses and totals == len(accepted) and dead == 1
+            return samples if counted else {}
 
-        samples = wait_for(settled, timeout=60, interval=0.5, what="metrics to settle")
+        samples = wait_for(all_counted, timeout=60, interval=0.5, what="metrics of every vote")
 
     per_law_choice = Counter((law, choice) for _, law, choice in accepted)
     for (law, choice), count in per_law_choice.items():

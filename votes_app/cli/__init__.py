@@ -13,7 +13,7 @@ import click
 
 from votes_app.cli.dead import dead
 from votes_app.cli.health import health
-from votes_app.cli.results import reconcile, results
+from votes_app.cli.results import check_tallies, results
 from votes_app.cli.submit import submit
 from votes_app.cli.voters import voters
 
@@ -69,5 +69,5 @@ def main() -> None:
     """votes_app: count referendum votes exactly once."""
 
 
-for command in (voters, submit, results, reconcile, health, dead):
+for command in (voters, submit, results, check_tallies, health, dead):
     main.add_command(command)

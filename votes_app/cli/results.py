@@ -24,12 +24,12 @@ def results(law_id: str | None) -> None:
     console.print(results_table(rows))
 
 
-@click.command()
-def reconcile() -> None:
+@click.command("reconcile")
+def check_tallies() -> None:
     """Compare `vote_results` with the audit log per law and choice; exit 1 on any drift."""
-    from votes_app import reconcile as reconciliation
+    from votes_app import reconcile
     from votes_app.resources import session_scope
 
     with session_scope() as session:
-        found = reconciliation.reconcile(session=session)
+        found = reconcile.reconcile(session=session)
     sys.exit(0 if print_reconciliation(found) else 1)
