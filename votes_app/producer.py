@@ -90,6 +90,7 @@ class VotePublisher:
         self.window = window
         self.confirm_timeout = confirm_timeout
         self.max_reconnects = max_reconnects
+        self.reconnects = 0  # connections opened again after a lost one, for its owner to see
         self._connection: Connection | None = None
         self._producer: Any = None
         self._confirms: ConfirmWindow[tuple[str, dict[str, Any]]] | None = None
@@ -172,6 +173,7 @@ class VotePublisher:
 
     def _reconnect(self) -> None:
         """A new connection, with every unconfirmed vote sent again on it."""
+        self.reconnects += 1
         for attempt in range(self.max_reconnects + 1):
             assert self._connection is not None
             self._connection.collect()

@@ -35,6 +35,8 @@ class Publisher(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
+    reconnects: int  # connections it opened again after losing one
+
     def publish(self, payload: Any, *, task_id: str) -> object: ...
 
     def confirm(self) -> None: ...
@@ -56,6 +58,7 @@ class Share:
     cpu_seconds: float  # user + system time spent publishing
     sends: int  # publish calls that succeeded, resends included
     errors: int  # publish calls that failed (a lost broker)
+    reconnects: int  # connections the publishers opened again by themselves
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ class Publication:
     cpu_seconds: float
     sends: int
     errors: int
+    reconnects: int
 
     @property
     def seconds(self) -> float:
@@ -215,6 +219,7 @@ class ParallelPublisher:
             cpu_seconds=sum(s.cpu_seconds for s in shares),
             sends=sum(s.sends for s in shares),
             errors=sum(s.errors for s in shares),
+            reconnects=sum(s.reconnects for s in shares),
         )
 
 
@@ -253,7 +258,7 @@ class _Producer:
     def __init__(self, job: _Job, opener: Opener, stop: Any, errors: Any) -> None:
         self.job, self.opener, self.stop, self.shared_errors = job, opener, stop, errors
         self.publisher: Publisher | None = None
-        self.sends = self.errors = 0
+        self.sends = self.errors = self.reconnects = 0
 
     def connect(self) -> None:
         if self.publisher is None:
@@ -274,10 +279,8 @@ class _Producer:
     def finish(self) -> bool:
         """Wait for the last confirms and disconnect; False when that failed and the job
         resends."""
-        publisher, self.publisher = self.publisher, None
         try:
-            if publisher is not None:
-                publisher.__exit__(None, None, None)
+            self._disconnect(None)
         except Exception as exc:
             self._failed(exc)
             return False
@@ -285,10 +288,18 @@ class _Producer:
 
     def abandon(self) -> None:
         """Disconnect without waiting for anything (the producer was told to stop)."""
+        with contextlib.suppress(Exception):
+            self._disconnect(RuntimeError("stopped"))
+
+    def _disconnect(self, error: BaseException | None) -> None:
+        """Leave the publisher's block: on no `error`, after its last confirms."""
         publisher, self.publisher = self.publisher, None
-        if publisher is not None:
-            with contextlib.suppress(Exception):
-                publisher.__exit__(RuntimeError, RuntimeError("stopped"), None)
+        if publisher is None:
+            return
+        try:
+            publisher.__exit__(type(error) if error else None, error, None)
+        finally:
+            self.reconnects += publisher.reconnects
 
     def _failed(self, exc: Exception) -> None:
         if self.job.resend_after_error is None:
@@ -357,5 +368,6 @@ def _produce(
             cpu_seconds=spent.user + spent.system - cpu.user - cpu.system,
             sends=producer.sends,
             errors=producer.errors,
+            reconnects=producer.reconnects,
         )
     )

@@ -98,9 +98,10 @@ def test_a_producer_that_loses_the_broker_mid_stream_loses_nothing() -> None:
             rabbitmqctl("close_all_connections", "--vhost", broker_vhost(), "test: broker lost")
 
     # Paced, so that the connections close while most votes are still to be sent.
-    producers.publish(sent, per_second=500, on_progress=close_connections_mid_stream)
+    publication = producers.publish(sent, per_second=500, on_progress=close_connections_mid_stream)
 
     assert closed_at and closed_at[0] < len(sent) / 2
+    assert publication.reconnects + publication.errors > 0  # it did lose the broker
     queued = queued_task_ids()
     # A vote may arrive twice (sent, then resent unconfirmed): the pipeline counts a task id
     # once. None may be missing.

@@ -163,6 +163,9 @@ class ScenarioRun:
         row.published = resent.sends + (self._publication.sends if self._publication else 0)
         row.resent = row.published - len(self.workload.messages)
         row.evidence["publish_errors"] = self.producer.errors
+        row.evidence["producer_reconnects"] = resent.reconnects + (
+            self._publication.reconnects if self._publication else 0
+        )
         logs = self.logs()
         for key, line in LOG_EVIDENCE.items():
             row.evidence[key] = logs.count(line)
