@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
@@ -12,6 +13,7 @@ from kombu import Connection, Exchange, Queue
 
 from votes_app import metrics
 from votes_app.config import Settings, get_settings
+from votes_app.redaction import EscapeControlCharacters
 from votes_app.resources import forget_inherited_connections
 
 logger = get_logger(__name__)
@@ -109,6 +111,14 @@ def declare_dead_letters(connection: Connection) -> None:
 def _declare_dead_letters_on_start(**_: Any) -> None:
     with app.connection_for_write() as connection:
         declare_dead_letters(connection)
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _escape_log_lines(logger: logging.Logger, **_: Any) -> None:
+    # Task ids and field names come from producers: each record stays one line of text.
+    for handler in logger.handlers:
+        handler.addFilter(EscapeControlCharacters())
 
 
 @signals.worker_process_init.connect

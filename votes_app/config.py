@@ -51,13 +51,15 @@ class Settings(BaseSettings):
     # How long Redis keeps a claim whose vote was never recorded (its worker died), and
     # the marks that count each duplicate message once: far longer than any redelivery.
     claim_ttl_seconds: int = Field(default=86_400, ge=60)
-    # A recorded vote still uncounted after this long is counted by the next flush even if
-    # its aggregation message never arrives (or Redis forgot it).
-    tally_straggler_seconds: float = Field(default=60.0, gt=0)
     max_clock_skew_seconds: int = Field(default=300, ge=0)
     retry_backoff_max_seconds: int = Field(default=60, ge=1)
     max_retries: int = Field(default=25, ge=0)
     roll_missing_retry_seconds: float = Field(default=5.0, gt=0)
+
+    # Per-choice series (votes_aggregated_total, current_vote_totals) move the moment a vote
+    # is counted: when one vote arrives alone, they tell its choice to anyone who can also
+    # tell when it arrived (a log line, a voter's row). Off: the series do not exist at all.
+    export_choice_metrics: bool = False
 
     # Each worker serves its metrics (all its processes) at http://ADDRESS:PORT/metrics;
     # port 0 turns the server off.

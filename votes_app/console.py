@@ -47,25 +47,43 @@ def results_table(rows: Sequence[Any], title: str = "Results") -> Table:
 
 
 def print_reconciliation(reconciliation: Reconciliation) -> bool:
-    """Print the tallies against the audit log, drift in red; True when nothing drifts."""
-    table = Table(title="Tallies against the audit log")
-    for header in ("law", "choice", "vote_results", "vote_audit", "drift"):
+    """Print voters against ballots per law and the tallies against the ballots, a mismatch
+    in red; True when nothing differs."""
+    turnout = Table(title="Voters and ballots per law")
+    for header in ("law", "vote_audit (voters)", "ballots", "gap"):
+        turnout.add_column(header, justify="left" if header == "law" else "right")
+    for law in reconciliation.turnout:
+        turnout.add_row(
+            law.law_id,
+            f"{law.voters:,}",
+            f"{law.ballots:,}",
+            f"{law.gap:+,}",
+            style="red" if law.gap else None,
+        )
+    console.print(turnout)
+    table = Table(title="Tallies against the ballots")
+    for header in ("law", "choice", "vote_results", "ballots", "drift"):
         table.add_column(header, justify="left" if header in ("law", "choice") else "right")
     for line in reconciliation.lines:
         table.add_row(
             line.law_id,
             line.choice,
             f"{line.tallied:,}",
-            f"{line.audited:,}",
+            f"{line.ballots:,}",
             f"{line.drift:+,}",
             style="red" if line.drift else None,
         )
     console.print(table)
-    drifting = reconciliation.drifting
-    if not drifting:
-        console.print(f"reconciled: {reconciliation.audited:,} votes, no drift")
+    if reconciliation.ok:
+        console.print(f"reconciled: {reconciliation.ballots:,} votes, no drift")
         return True
-    console.print(f"[red]DRIFT[/red] on {len(drifting)} law/choice pairs")
+    if reconciliation.unmatched:
+        console.print(
+            f"[red]MISMATCH[/red]: voters and ballots differ for {len(reconciliation.unmatched)}"
+            " laws"
+        )
+    if reconciliation.drifting:
+        console.print(f"[red]DRIFT[/red] on {len(reconciliation.drifting)} law/choice pairs")
     if reconciliation.uncounted:
         console.print(
             f"{reconciliation.uncounted:,} recorded votes await their flush; run again after it"

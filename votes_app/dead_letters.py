@@ -19,11 +19,11 @@ from pydantic import ValidationError
 from votes_app import metrics
 from votes_app.celery import DEAD, TASK_ROUTES, VOTES_EXCHANGE, declare_dead_letters
 from votes_app.config import get_settings
+from votes_app.redaction import ARGS_REPR, kwargs_repr, sample_of, shape
 from votes_app.resources import get_redis
 from votes_app.schemas import describe_errors
 
 PREVIEW_MAX = 160
-PRIVATE_FIELDS = frozenset({"citizen_id"})
 
 
 logger = get_logger(__name__)
@@ -103,19 +103,19 @@ def _first_death(message: Any) -> dict[str, Any]:
 
 
 def _preview(message: Any) -> str:
+    """What `votes dead list` shows of a message: its arguments redacted as a review sample
+    is (`votes_app.redaction`), or only its size when it is not JSON."""
     try:
         body = json.loads(message.body)
     except (TypeError, ValueError):
-        return repr(message.body[:PREVIEW_MAX])
+        return f"<{len(message.body or b'')} bytes, not JSON>"
     if isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict):
-        # A Celery message: [args, kwargs, options]. Leave the voter's identity out.
-        args = body[0][:4] if isinstance(body[0], list) else body[0]
-        kwargs = {k: v for k, v in body[1].items() if k not in PRIVATE_FIELDS}
-        body = {"args": args, "kwargs": kwargs}
-    elif isinstance(body, dict):
-        body = {k: v for k, v in body.items() if k not in PRIVATE_FIELDS}
-    text = json.dumps(body, default=repr, ensure_ascii=True)
-    return text if len(text) <= PREVIEW_MAX else text[: PREVIEW_MAX - 3] + "..."
+        # A Celery message: [args, kwargs, options].
+        args = body[0] if isinstance(body[0], list) else [body[0]]
+        return sample_of(args, body[1], limit=PREVIEW_MAX)
+    if isinstance(body, dict):
+        return sample_of((), body, limit=PREVIEW_MAX)
+    return shape(body)
 
 
 def _reason(message: Any, remembered: str | None) -> str:
@@ -208,6 +208,8 @@ def replay(
             if not queue:
                 continue
             headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
+            # The producer's reprs of the arguments would reach task events when replayed.
+            headers |= {"argsrepr": ARGS_REPR, "kwargsrepr": kwargs_repr("replayed")}
             publish_channel.basic_publish_confirm(
                 publish_channel.prepare_message(
                     message.body,

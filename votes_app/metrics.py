@@ -1,7 +1,8 @@
 """Prometheus metrics, summed over a worker's prefork processes and served by the worker.
 
 The names are those of the services this project replaces, so existing dashboards keep
-working, plus what this design adds (held votes, dead letters, flush lag).
+working, plus what this design adds (held votes, dead letters, flush lag, totals per law).
+Nothing here moves per choice unless EXPORT_CHOICE_METRICS says so (see docs/SECRECY.md).
 
 prometheus_client chooses where values live when it is first imported: in memory, or in
 files shared by the processes of a worker when PROMETHEUS_MULTIPROC_DIR is set
@@ -18,6 +19,8 @@ from functools import lru_cache, wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from votes_app.config import get_settings
+
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
 
@@ -31,7 +34,7 @@ R = TypeVar("R")
 class Metrics:
     """Every metric of the application, created once per process."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, per_choice: bool) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
         def gauge(name: str, help_text: str, labels: tuple[str, ...] = ()) -> Gauge:
@@ -59,12 +62,23 @@ class Metrics:
         self.database_operations: Counter = Counter(
             "database_operations", "PostgreSQL operations", ["operation", "status"]
         )
-        # Aggregation, as the old aggregation service named them.
-        self.votes_aggregated: Counter = Counter(
-            "votes_aggregated", "Votes handed to the pending tallies", ["law_id", "choice"]
+        # Aggregation, as the old aggregation service named them: per choice, so withheld
+        # unless EXPORT_CHOICE_METRICS turns them on (absent, not zero, when withheld).
+        self.votes_aggregated: Counter | None = None
+        self.current_vote_totals: Gauge | None = None
+        if per_choice:
+            self.votes_aggregated = Counter(
+                "votes_aggregated", "Votes recorded, by law and choice", ["law_id", "choice"]
+            )
+            self.current_vote_totals = gauge(
+                "current_vote_totals", "Votes counted in vote_results", ("law_id", "choice")
+            )
+        # The same per law, always: they say how many voted, not what.
+        self.votes_recorded: Counter = Counter(
+            "votes_recorded", "Votes recorded (voter and ballot), by law", ["law_id"]
         )
-        self.current_vote_totals = gauge(
-            "current_vote_totals", "Votes counted in vote_results", ("law_id", "choice")
+        self.current_law_totals = gauge(
+            "current_law_totals", "Votes counted in vote_results, by law", ("law_id",)
         )
         self.batch_duration = gauge(
             "batch_processing_duration_seconds", "Duration of the last validation batch"
@@ -86,7 +100,8 @@ class Metrics:
             "dead_letters", "Messages this worker sent to votes.dead", ["reason"]
         )
         self.flush_lag = gauge(
-            "tally_flush_lag_seconds", "Age of the oldest recorded vote not yet in vote_results"
+            "tally_flush_lag_seconds",
+            "How long the ballots waiting for a flush can have waited (0: none waits)",
         )
         self.flush_duration = gauge("tally_flush_duration_seconds", "Duration of the last flush")
         self.flush_votes: Counter = Counter(
@@ -106,7 +121,7 @@ class Metrics:
 
 @lru_cache
 def get() -> Metrics:
-    return Metrics()
+    return Metrics(per_choice=get_settings().export_choice_metrics)
 
 
 def _tracked(kind: str, operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:

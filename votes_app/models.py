@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -32,31 +33,49 @@ def created_now() -> Mapped[datetime]:
 
 
 class VoteAudit(Base):
-    """One row per accepted vote: the system of record that tallies are checked against."""
+    """Who has voted on which law: one row per accepted vote, and nothing of what was voted.
+
+    The seeds' audit trail without its `choice`: the ballot is a row of `ballots`, written
+    in the same transaction, and nothing but the law and that transaction ties the two.
+    """
 
     __tablename__ = "vote_audit"
     __table_args__ = (
         sa.CheckConstraint(HASH_CHECK, name="vote_hash_hex"),
         sa.CheckConstraint(LAW_ID_CHECK, name="law_id_format"),
-        sa.CheckConstraint(CHOICE_CHECK, name="choice_valid"),
-        # The votes not yet in vote_results: few at any moment, found fast by the flush.
-        sa.Index(
-            "ix_vote_audit_untallied",
-            "recorded_at",
-            postgresql_where=sa.text("tally_batch IS NULL"),
-        ),
     )
 
-    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
-    vote_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    vote_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     law_id: Mapped[str] = mapped_column(sa.String(50))
-    choice: Mapped[str] = mapped_column(sa.String(3))
     voted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     recorded_at: Mapped[datetime] = created_now()
     # The Celery task id that recorded the vote: a redelivered message recognises its own row.
     task_id: Mapped[str] = mapped_column(sa.String(255))
-    # The flush batch that counted this vote in vote_results; NULL until then. Marking it in
-    # the flush's own transaction is what makes counting a vote twice impossible.
+
+
+class Ballot(Base):
+    """What was voted: a law and a choice under a random id, and nothing about the voter.
+
+    Written with its voter's `vote_audit` row, in an order of its own (shuffled within each
+    transaction). `tally_batch` is the flush that counted it in `vote_results`, NULL until
+    then: marking it in the flush's own transaction is what makes counting it twice impossible.
+    """
+
+    __tablename__ = "ballots"
+    __table_args__ = (
+        sa.CheckConstraint(LAW_ID_CHECK, name="law_id_format"),
+        sa.CheckConstraint(CHOICE_CHECK, name="choice_valid"),
+        # The ballots not yet in vote_results: few at any moment, found fast by the flush.
+        sa.Index(
+            "ix_ballots_uncounted", "ballot_id", postgresql_where=sa.text("tally_batch IS NULL")
+        ),
+    )
+
+    ballot_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, primary_key=True, server_default=sa.func.gen_random_uuid()
+    )
+    law_id: Mapped[str] = mapped_column(sa.String(50))
+    choice: Mapped[str] = mapped_column(sa.String(3))
     tally_batch: Mapped[str | None] = mapped_column(sa.String(64))
 
 

@@ -11,6 +11,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from votes_app.celery import VALIDATION, app, declare_dead_letters
+from votes_app.redaction import ARGS_REPR, kwargs_repr
 
 T = TypeVar("T")
 
@@ -196,6 +197,7 @@ class VotePublisher:
             # confirms awaited on this one: connection errors come back here instead.
             retry=False,
             # Celery copies a repr of the arguments into the message headers, where task
-            # events and logs pick it up: leave the voter's identity out of it.
-            kwargsrepr=repr({k: v for k, v in kwargs.items() if k != "citizen_id"}),
+            # events and logs pick it up: none of the vote goes there.
+            argsrepr=ARGS_REPR,
+            kwargsrepr=kwargs_repr("1 vote"),
         )

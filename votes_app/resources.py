@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from votes_app.ballot_box import BallotBox
 from votes_app.config import get_settings
-from votes_app.tallies import Tallies
 
 # What the connections raise while a service is down or restarting: worth a retry with
 # backoff, unlike anything else.
@@ -79,8 +78,3 @@ def forget_inherited_connections() -> None:
 @lru_cache
 def get_ballot_box() -> BallotBox:
     return BallotBox(get_redis(), claim_ttl_seconds=get_settings().claim_ttl_seconds)
-
-
-@lru_cache
-def get_tallies() -> Tallies:
-    return Tallies(get_redis())

@@ -1,10 +1,12 @@
-"""Submissions that were not counted: duplicates, unknown voters, malformed messages."""
+"""Submissions that were not counted: duplicates, unknown voters, malformed messages.
+
+A review record says who (the hash), where (the law) and why, never what was voted: a
+malformed submission is kept as a redacted sample (`votes_app.redaction`)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -17,11 +19,9 @@ from sqlalchemy.orm import Session
 
 from votes_app import metrics
 from votes_app.models import DuplicateAttempt, ReviewRecord
+from votes_app.redaction import SAMPLE_MAX
 
 REASON_MAX = 500
-SAMPLE_MAX = 1000
-# Never copied into a review record: the voter's identity stays out of the database.
-PRIVATE_FIELDS = frozenset({"citizen_id"})
 
 
 class Verdict(StrEnum):
@@ -51,18 +51,6 @@ class Rejection(BaseModel):
             f"{self.vote_hash}|{self.law_id}" if self.vote_hash else f"{self.reason}|{self.sample}"
         )
         return hashlib.sha256(f"{self.verdict}|{basis}".encode()).hexdigest()
-
-
-def sample_of(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
-    """A bounded, identity-free rendering of a submission for reviewers."""
-    shown: dict[str, Any] = {
-        name: value for name, value in kwargs.items() if name not in PRIVATE_FIELDS
-    }
-    if args:
-        # The fifth positional argument is citizen_id: leave it out as well.
-        shown["positional"] = list(args[:4]) + (["..."] if len(args) > 4 else [])
-    text = json.dumps(shown, default=repr, ensure_ascii=True, sort_keys=True)
-    return text if len(text) <= SAMPLE_MAX else text[: SAMPLE_MAX - 3] + "..."
 
 
 def clip(text: str, limit: int = REASON_MAX) -> str:

@@ -134,7 +134,7 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class Ballot:
+class CastVote:
     """A well-formed vote and the task that carries it."""
 
     task_id: str

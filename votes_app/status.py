@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -12,19 +13,20 @@ from sqlalchemy.orm import Session
 from votes_app import metrics, tallies
 from votes_app.ballot_box import voter_roll_size
 from votes_app.celery import ALL_QUEUES, VALIDATION, app
-from votes_app.models import VoteAudit
+from votes_app.models import Ballot
 from votes_app.resources import get_redis, session_scope
 
 FLUSH_HEARTBEAT = "tallies:last_flush"
 
 
-def record_flush_heartbeat(client: redis.Redis) -> None:
-    """Each flush says when it ran: beat is alive while this stays fresh."""
-    client.set(FLUSH_HEARTBEAT, f"{time.time():.3f}")
+def record_flush_heartbeat(client: redis.Redis, began: float) -> None:
+    """Each flush says when it began (unix time), once it has committed: beat is alive while
+    this stays fresh, and no ballot waiting now is older than it."""
+    client.set(FLUSH_HEARTBEAT, f"{began:.3f}")
 
 
 def seconds_since_flush(client: redis.Redis) -> float | None:
-    """How long ago the last flush ran; None when none has run."""
+    """How long ago the last successful flush began; None when none has run."""
     last = client.get(FLUSH_HEARTBEAT)
     return None if last is None else time.time() - float(str(last))
 
@@ -47,24 +49,34 @@ def queue_depths() -> dict[str, int]:
     return depths
 
 
-def flush_lag_seconds(*, session: Session) -> float:
-    """Age of the oldest recorded vote that no flush has counted yet; 0 when none waits."""
-    lag = session.scalar(
-        sa.select(
-            sa.func.extract("epoch", sa.func.now() - sa.func.min(VoteAudit.recorded_at))
-        ).where(VoteAudit.tally_batch.is_(None))
+def flush_lag_seconds(*, session: Session, client: redis.Redis) -> float:
+    """How old the oldest ballot waiting for a flush can be: 0 when none waits, else the
+    time since the last flush began, which counted every ballot it found (ballots carry no
+    time of their own: it would match their voter's). Infinite when no flush has run."""
+    waiting = session.scalar(
+        sa.select(sa.literal(True)).where(Ballot.tally_batch.is_(None)).limit(1)
     )
-    return float(lag or 0.0)
+    if not waiting:
+        return 0.0
+    since = seconds_since_flush(client)
+    return math.inf if since is None else since
 
 
 def refresh_gauges() -> None:
     """Gauges that describe the whole system, refreshed by each flush (once a second)."""
     measure = metrics.get()
+    client = get_redis()
     with session_scope() as session:
-        measure.flush_lag.set(flush_lag_seconds(session=session))
-        for (law_id, choice), count in tallies.results_by_law(session=session).items():
+        measure.flush_lag.set(flush_lag_seconds(session=session, client=client))
+        per_choice = tallies.results_by_law(session=session)
+    per_law: dict[str, int] = {}
+    for (law_id, choice), count in per_choice.items():
+        per_law[law_id] = per_law.get(law_id, 0) + count
+        if measure.current_vote_totals is not None:
             measure.current_vote_totals.labels(law_id=law_id, choice=choice).set(count)
-    roll = voter_roll_size(get_redis())
+    for law_id, count in per_law.items():
+        measure.current_law_totals.labels(law_id=law_id).set(count)
+    roll = voter_roll_size(client)
     measure.voter_roll_size.set(roll)
     measure.voter_roll_missing.set(0 if roll else 1)
     depths = queue_depths()

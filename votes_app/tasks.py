@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
-from datetime import timedelta
 from typing import Any
 
 from celery import Task
@@ -17,7 +15,8 @@ from votes_app import dead_letters, metrics, review, status, tallies, validation
 from votes_app.batching import SettledBatches, settle
 from votes_app.celery import app
 from votes_app.config import get_settings
-from votes_app.resources import TRANSIENT_ERRORS, get_redis, get_tallies, session_scope
+from votes_app.redaction import ARGS_REPR, kwargs_repr
+from votes_app.resources import TRANSIENT_ERRORS, get_redis, session_scope
 
 logger = get_task_logger(__name__)
 settings = get_settings()
@@ -32,7 +31,6 @@ RETRY_POLICY: dict[str, Any] = {
     "max_retries": settings.max_retries,
 }
 
-_tally_votes = TypeAdapter(list[tallies.TallyVote])
 _rejections = TypeAdapter(list[review.Rejection])
 
 
@@ -80,21 +78,30 @@ def validate_vote(self: SettledBatches, requests: list[SimpleRequest]) -> list[s
 
 
 def hand_on(outcome: validation.Outcome) -> None:
-    """Send the next steps; called only after the audit rows are committed."""
+    """Send the next steps; called only after the votes are committed.
+
+    Neither message names a voter next to a choice: aggregation hears how many votes each
+    law got, review hears who was refused and why. Their argument reprs, which Celery puts
+    in headers and task events, say only how many items they carry.
+    """
     if outcome.recorded:
         aggregate_vote.apply_async(
-            kwargs={"votes": [vote.model_dump() for vote in outcome.tally_votes()]}
+            kwargs={"recorded": outcome.recorded_per_law()},
+            argsrepr=ARGS_REPR,
+            kwargsrepr=kwargs_repr(f"{len(outcome.recorded)} votes"),
         )
     if outcome.rejections:
         record_review.apply_async(
-            kwargs={"rejections": [r.model_dump(mode="json") for r in outcome.rejections]}
+            kwargs={"rejections": [r.model_dump(mode="json") for r in outcome.rejections]},
+            argsrepr=ARGS_REPR,
+            kwargsrepr=kwargs_repr(f"{len(outcome.rejections)} refusals"),
         )
-    for ballot in outcome.recorded:
+    for cast in outcome.recorded:
         logger.info(
             "vote recorded task=%s hash=%s law=%s",
-            ballot.task_id,
-            short(ballot.vote.vote_hash),
-            ballot.vote.law_id,
+            cast.task_id,
+            short(cast.vote.vote_hash),
+            cast.vote.law_id,
         )
     for rejection in outcome.rejections:
         logger.info(
@@ -107,29 +114,29 @@ def hand_on(outcome: validation.Outcome) -> None:
 
 
 @app.task(base=VotesTask, bind=True, name="votes_app.aggregate_vote", **RETRY_POLICY)
-def aggregate_vote(self: Task[..., None], votes: list[dict[str, Any]]) -> None:
-    """Add recorded votes to the pending tallies, each at most once."""
+def aggregate_vote(self: Task[..., None], recorded: dict[str, dict[str, int]]) -> None:
+    """Count a validation batch's recorded votes in the metrics: per law, and per choice
+    where EXPORT_CHOICE_METRICS allows. The ballots are in PostgreSQL already; the flush
+    counts them in `vote_results`."""
     measure = metrics.get()
     with metrics.counting_errors(measure.aggregation_errors):
-        parsed = _tally_votes.validate_python(votes)
-        added = get_tallies().add_pending(parsed)
-    for (law_id, choice), count in Counter((v.law_id, v.choice) for v in parsed).items():
-        measure.votes_aggregated.labels(law_id=law_id, choice=choice).inc(count)
-    logger.info("tallies pending +%d of %d", added, len(votes))
+        per_law = tallies.RECORDED.validate_python(recorded)
+    for law_id, choices in per_law.items():
+        measure.votes_recorded.labels(law_id=law_id).inc(sum(choices.values()))
+        if measure.votes_aggregated is not None:
+            for choice, count in choices.items():
+                measure.votes_aggregated.labels(law_id=law_id, choice=choice).inc(count)
+    logger.info("votes recorded +%d", sum(sum(choices.values()) for choices in per_law.values()))
 
 
 @app.task(base=VotesTask, bind=True, name="votes_app.flush_tallies", **RETRY_POLICY)
 def flush_tallies(self: Task[..., None]) -> None:
-    """Apply the pending tallies to `vote_results`, exactly once per batch."""
+    """Count the ballots waiting in `vote_results`, each exactly once."""
     measure = metrics.get()
-    started = time.perf_counter()
+    began, started = time.time(), time.perf_counter()
     with metrics.counting_errors(measure.aggregation_errors):
-        result = tallies.flush(
-            tallies=get_tallies(),
-            session_scope=session_scope,
-            straggler_age=timedelta(seconds=settings.tally_straggler_seconds),
-        )
-    status.record_flush_heartbeat(get_redis())
+        result = tallies.flush(session_scope=session_scope)
+    status.record_flush_heartbeat(get_redis(), began)
     measure.flush_duration.set(time.perf_counter() - started)
     measure.last_flush.set(time.time())
     try:
@@ -139,13 +146,7 @@ def flush_tallies(self: Task[..., None]) -> None:
         logger.warning("gauges not refreshed: %s", dead_letters.describe(exc))
     if result is not None:
         measure.flush_votes.inc(result.vote_count)
-        logger.info(
-            "tallies flushed batch=%s offered=%d counted=%d applied=%s",
-            result.batch_id,
-            result.offered,
-            result.vote_count,
-            result.applied,
-        )
+        logger.info("tallies flushed batch=%s counted=%d", result.batch_id, result.vote_count)
 
 
 @app.task(base=VotesTask, bind=True, name="votes_app.record_review", **RETRY_POLICY)

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from votes_app.models import DuplicateAttempt, ReviewRecord, VoteAudit, VoteResult
+from votes_app.models import Ballot, DuplicateAttempt, ReviewRecord, VoteAudit, VoteResult
 from votes_app.resources import get_engine
 
 
@@ -47,9 +47,9 @@ class Totals:
 class Snapshot:
     """Where the votes are, read in one statement; counts the audit log, so not cheap."""
 
-    audited: int
+    audited: int  # voters in vote_audit
     tallied: int
-    uncounted: int
+    uncounted: int  # ballots no flush has counted yet
     duplicates: int
     invalid: int
     malformed: int
@@ -61,8 +61,8 @@ class Snapshot:
             sa.select(count()).select_from(VoteAudit).scalar_subquery(),
             TALLIED,
             sa.select(count())
-            .select_from(VoteAudit)
-            .where(VoteAudit.tally_batch.is_(None))
+            .select_from(Ballot)
+            .where(Ballot.tally_batch.is_(None))
             .scalar_subquery(),
             DUPLICATES,
             reviewed("invalid"),

@@ -25,7 +25,6 @@ from votes_app.ballot_box import (
     load_voters,
     voter_roll_size,
 )
-from votes_app.tallies import FLUSHING, PENDING, Tallies, TallyVote
 
 LAW = "law-001"
 ON_ROLL = [voter_hash(n, LAW) for n in range(1, 4)]
@@ -305,76 +304,3 @@ def test_one_hash_claimed_by_fifty_processes_at_once(
     assert redis_client.get(claim_key(h)) == winner
     assert voted(redis_client) == {h}
     assert redis_client.scard(VOTED_HASHES) == 1
-
-
-# --- pending votes -----------------------------------------------------------------------
-
-
-def pending(client: redis.Redis) -> set[str]:
-    return set(client.smembers(PENDING))  # type: ignore[arg-type]
-
-
-def tally_vote(n: int, law: str = LAW, choice: str = "oui") -> TallyVote:
-    return TallyVote.model_validate(
-        {"vote_hash": voter_hash(n, law), "law_id": law, "choice": choice}
-    )
-
-
-def test_a_vote_is_added_to_pending_once(redis_client: redis.Redis) -> None:
-    tallies = Tallies(redis_client)
-    vote = tally_vote(1)
-
-    first = tallies.add_pending([vote, vote, vote])
-    again = tallies.add_pending([vote])
-
-    assert (first, again) == (1, 0)
-    assert pending(redis_client) == {vote.vote_hash}
-    assert tallies.pending_count() == 1
-
-
-def test_pending_holds_hashes_only(redis_client: redis.Redis) -> None:
-    # No choice, no law, no per-vote key: Redis lists which votes to count, PostgreSQL
-    # knows what they are and whether they were counted.
-    tallies = Tallies(redis_client)
-    votes = [tally_vote(n, choice=("oui", "non")[n % 2]) for n in range(10)]
-
-    tallies.add_pending(votes)
-
-    assert set(redis_client.keys("*")) == {PENDING}
-    assert pending(redis_client) == {vote.vote_hash for vote in votes}
-    assert redis_client.ttl(PENDING) == -1  # never expires: a pending vote is not dropped
-
-
-def test_adding_nothing_is_a_no_op(redis_client: redis.Redis) -> None:
-    tallies = Tallies(redis_client)
-
-    assert tallies.add_pending([]) == 0
-    assert tallies.pending_count() == 0
-    assert not redis_client.exists(PENDING)
-
-
-def test_pending_count_covers_pending_and_flushing(redis_client: redis.Redis) -> None:
-    tallies = Tallies(redis_client)
-    votes = [
-        tally_vote(n, law, choice)
-        for n in range(60)
-        for law, choice in [(("law-001", "law-002")[n % 2], ("oui", "non", "oui")[n % 3])]
-    ]
-
-    added = tallies.add_pending(votes[:40]) + tallies.add_pending(votes[::-1])
-    assert added == len(votes)
-    assert tallies.pending_count() == len(votes)
-
-    batch = tallies.take_pending()
-    assert batch is not None
-    later = [tally_vote(n) for n in range(100, 107)]
-    tallies.add_pending(later)
-
-    assert sorted(batch.vote_hashes) == sorted(vote.vote_hash for vote in votes)
-    assert redis_client.scard(FLUSHING) == len(votes)
-    assert pending(redis_client) == {vote.vote_hash for vote in later}
-    assert tallies.pending_count() == len(votes) + len(later)
-
-    tallies.finish(batch)
-
-    assert tallies.pending_count() == len(later)

@@ -97,8 +97,9 @@ def test_sigterm_worker(tmp_path: Path) -> None:
 
 
 def test_the_campaign_sees_lost_double_and_wrongly_refused_votes(tmp_path: Path) -> None:
-    """The row's checks can fail: after a clean run, the test loses a counted vote (which
-    leaves it counted but not recorded) and invents a duplicate for a voter who voted once."""
+    """The row's checks can fail: after a clean run, the test loses a voter's record (which
+    leaves a ballot without a voter, counted) and invents a duplicate for a voter who voted
+    once."""
 
     def no_fault(run: ScenarioRun) -> None:
         pass

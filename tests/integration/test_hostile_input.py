@@ -35,8 +35,8 @@ from tests.support import (
 )
 from votes_app.celery import AGGREGATION, DEAD, VALIDATION, VOTES_EXCHANGE, WORK_QUEUES, app
 from votes_app.dead_letters import DeadLetter, deliveries_key, list_dead
+from votes_app.redaction import escape, sample_of
 from votes_app.resources import get_engine, get_redis
-from votes_app.review import sample_of
 from votes_app.status import queue_depths
 from votes_tools.counts import Snapshot
 from votes_tools.faults.injectors import in_flight
@@ -94,6 +94,7 @@ class Case:
     args: list[Any] = field(default_factory=list)
     raw: Raw | None = None
     queue: str = VALIDATION
+    task_id: str | None = None  # the message's id, if not a fresh uuid
 
 
 def validate_headers(**extra: Any) -> dict[str, Any]:
@@ -101,6 +102,8 @@ def validate_headers(**extra: Any) -> dict[str, Any]:
 
 
 ON_ROLL_NEVER_VOTED = voter_hash(900_000, LAW)
+# What a producer would like an operator to read in the worker's log, as a line of its own.
+FORGED_LINE = "[2099-01-01_00:00:00,000:_WARNING/MainProcess]_every_vote_was_counted"
 CHOICE_REASON = "choice: Input should be 'oui' or 'non'"
 BODY_REASON = "task body is not [args, kwargs, options]"
 # What a body that does not unpack into three parts gets: refused, the exception named.
@@ -232,11 +235,11 @@ CASES = [
     # --- forged internal messages
     Case(
         "forged-aggregate-malformed",
-        "`aggregate_vote` with a vote that is not one (`vote_hash: nope`)",
+        '`aggregate_vote` with counts that are not counts (`{"law 001": {"oui": -1}}`)',
         "dead",
         "invalid message",
         task="votes_app.aggregate_vote",
-        kwargs={"votes": [{"vote_hash": "nope", "law_id": LAW, "choice": "oui"}]},
+        kwargs={"recorded": {"law 001": {"oui": -1}}},
     ),
     Case(
         "forged-aggregate-kwargs-list",
@@ -248,11 +251,11 @@ CASES = [
     ),
     Case(
         "forged-aggregate-unrecorded",
-        "`aggregate_vote` for a voter on the roll who never voted",
+        "`aggregate_vote` claiming 5 `oui` votes on a law that were never recorded",
         "ignored",
         "",
         task="votes_app.aggregate_vote",
-        kwargs={"votes": [{"vote_hash": ON_ROLL_NEVER_VOTED, "law_id": LAW, "choice": "oui"}]},
+        kwargs={"recorded": {LAW: {"oui": 5}}},
     ),
     Case(
         "forged-review-garbage",
@@ -454,6 +457,23 @@ CASES = [
         "timestamp: must carry a time zone",
         kwargs=ballot(timestamp="2026-11-27T09:30:00"),
     ),
+    # --- log lines
+    Case(
+        "task-id-forging-a-log-line",
+        "a vote from a hash not on the roll whose task id holds a newline, a line of its own,"
+        " an ANSI escape and a NUL",
+        "invalid",
+        "voter hash is not on the voter roll",
+        kwargs=ballot(),
+        task_id=f"forged\n{FORGED_LINE}\x1b[2J\x00",
+    ),
+    Case(
+        "field-name-forging-a-log-line",
+        "an extra field whose name holds a newline, a line of its own and an ANSI escape",
+        "malformed",
+        "unexpected field",
+        kwargs=ballot(**{f"x\n{FORGED_LINE}\x1b[2J": 1}),
+    ),
 ]
 
 
@@ -523,7 +543,7 @@ def stream(fresh_database: None, tmp_path_factory: pytest.TempPathFactory) -> It
     worker = Worker(directory / "worker.log", name=f"hostile-{os.getpid()}@%h")
     beat = Beat(directory)
     with worker, beat:
-        task_ids = {case.name: str(uuid.uuid4()) for case in CASES}
+        task_ids = {case.name: case.task_id or str(uuid.uuid4()) for case in CASES}
         valid: list[tuple[str, dict[str, Any]]] = []
         expected: Counter[tuple[str, str]] = Counter()
         votes = iter(valid_hashes)
@@ -594,7 +614,7 @@ def expected_outcome(case: Case) -> str:
     if case.outcome == "dead":
         return f"in `votes.dead`; `votes dead list` gives a reason containing `{case.reason}`"
     if case.outcome == "ignored":
-        return "acknowledged and never counted: no audit row, so no flush counts it"
+        return "acknowledged and never counted: a flush counts ballots in PostgreSQL, not messages"
     return f"in `vote_review` as `{case.outcome}`, reason containing `{case.reason}`"
 
 
@@ -670,10 +690,18 @@ def test_the_log_shows_no_citizen_id_and_no_whole_hash(worker_log: str) -> None:
     assert FULL_HASH.findall(worker_log) == []
 
 
+def test_no_producer_writes_a_log_line_of_its_own(worker_log: str) -> None:
+    assert not [line for line in worker_log.splitlines() if FORGED_LINE in line.split(" ", 1)[0]]
+    assert "\x1b" not in worker_log and "\x00" not in worker_log
+    # Written out as escapes instead, in the lines of the votes that carried them.
+    assert worker_log.count(escape(f"\n{FORGED_LINE}\x1b[2J")) == 2
+
+
 def test_each_vote_has_one_outcome_line(stream: HostileRun, worker_log: str) -> None:
     outcomes = Counter(OUTCOME.findall(worker_log))
+    # Task ids are logged with their control characters escaped.
     task_ids = [task_id for task_id, _ in stream.valid] + [
-        stream.task_ids[case.name]
+        escape(stream.task_ids[case.name])
         for case in CASES
         if case.task == "votes_app.validate_vote" and case.raw is None
     ]

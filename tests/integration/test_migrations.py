@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from tests.conftest import TEST_DATABASE_URL
 from tests.support import alembic_downgrade, alembic_upgrade
 from votes_app.migrations import alembic_config
-from votes_app.models import Base, VoteAudit, VoteResult
+from votes_app.models import Ballot, Base, VoteAudit, VoteResult
 
 # The pid keeps two suites running side by side off each other's scratch database.
 SCRATCH_URL = make_url(TEST_DATABASE_URL).set(
@@ -88,15 +88,106 @@ def test_models_and_migrations_agree(scratch_url: str) -> None:
     command.check(alembic_config(scratch_url))
 
 
+# --- 0002: the secret ballot, on a database that holds votes -------------------------------
+
+LINKED_VOTES = [
+    (f"{n:064x}", ("law-001", "law-002")[n % 2], ("oui", "non")[n % 3 == 0], n % 4 != 0)
+    for n in range(1, 41)
+]  # (hash, law, choice, counted)
+
+
+def execute(url: str, statement: str, rows: list[dict[str, Any]] | None = None) -> list[Any]:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as connection:
+            result = (
+                connection.execute(sa.text(statement), rows)
+                if rows
+                else connection.execute(sa.text(statement))
+            )
+            return list(result) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def counts(rows: list[Any]) -> dict[tuple[str, str, bool], int]:
+    found: dict[tuple[str, str, bool], int] = {}
+    for law_id, choice, counted in rows:
+        found[(law_id, choice, counted)] = found.get((law_id, choice, counted), 0) + 1
+    return found
+
+
+def test_the_secret_ballot_migration_keeps_every_vote_and_drops_the_link(scratch_url: str) -> None:
+    alembic_upgrade(scratch_url, "0001")
+    execute(
+        scratch_url,
+        "INSERT INTO vote_audit (vote_hash, law_id, choice, voted_at, task_id, tally_batch)"
+        " VALUES (:h, :law, :choice, now(), 'task-' || :h, CASE WHEN :counted THEN 'b1' END)",
+        [
+            {"h": h, "law": law, "choice": c, "counted": counted}
+            for h, law, c, counted in LINKED_VOTES
+        ],
+    )
+    execute(
+        scratch_url,
+        "INSERT INTO vote_review (kind, fingerprint, reason, sample, occurrences, first_seen_at,"
+        " last_seen_at) VALUES ('malformed', :f, 'timestamp: bad', :sample, 1, now(), now())",
+        [
+            {"f": "a", "sample": '{"choice": "oui", "timestamp": "x", "vote_hash": "01"}'},
+            {"f": "b", "sample": '{"law_id": "law-001", "timestamp": "x"}'},
+        ],
+    )
+    before = counts([(law, c, counted) for _, law, c, counted in LINKED_VOTES])
+
+    alembic_upgrade(scratch_url, "0002")
+
+    voters = execute(scratch_url, "SELECT * FROM vote_audit")
+    assert sorted(row.vote_hash for row in voters) == sorted(h for h, _, _, _ in LINKED_VOTES)
+    assert all("choice" not in row._mapping and "tally_batch" not in row._mapping for row in voters)
+    ballots = execute(
+        scratch_url, "SELECT law_id, choice, tally_batch IS NOT NULL FROM ballots ORDER BY ctid"
+    )
+    assert counts(ballots) == before
+    # Written in random order: not the voters' order, which the old rows kept.
+    assert [choice for _, choice, _ in ballots] != [c for _, _, c, _ in LINKED_VOTES]
+    samples = [row.sample for row in execute(scratch_url, "SELECT sample FROM vote_review")]
+    assert not any('"oui"' in sample for sample in samples)
+    assert '{"law_id": "law-001", "timestamp": "x"}' in samples  # one without a choice stays
+
+    alembic_downgrade(scratch_url, "0001")
+
+    back = execute(
+        scratch_url, "SELECT vote_hash, law_id, choice, tally_batch IS NOT NULL FROM vote_audit"
+    )
+    assert sorted(row.vote_hash for row in back) == sorted(h for h, _, _, _ in LINKED_VOTES)
+    assert counts([(law, choice, counted) for _, law, choice, counted in back]) == before
+    alembic_upgrade(scratch_url, "head")
+    assert current_revision(scratch_url) == "0002"
+
+
+def test_the_downgrade_refuses_voters_and_ballots_that_do_not_match(scratch_url: str) -> None:
+    alembic_upgrade(scratch_url, "head")
+    execute(
+        scratch_url,
+        "INSERT INTO vote_audit (vote_hash, law_id, voted_at, task_id)"
+        " VALUES (:h, 'law-001', now(), 'task-1')",
+        [{"h": "ab" * 32}],
+    )
+
+    with pytest.raises(sa.exc.InternalError, match="reconcile before downgrading"):
+        alembic_downgrade(scratch_url, "0001")
+    assert current_revision(scratch_url) == "0002"
+
+
 # --- constraints, on the suite's migrated database ----------------------------------------
 
 GOOD_AUDIT: dict[str, Any] = {
     "vote_hash": "ab" * 32,
     "law_id": "law-001",
-    "choice": "oui",
     "voted_at": datetime(2026, 11, 27, 9, 30, tzinfo=UTC),
     "task_id": "task-1",
 }
+GOOD_BALLOT: dict[str, Any] = {"law_id": "law-001", "choice": "oui"}
 GOOD_RESULT: dict[str, Any] = {"law_id": "law-001", "oui_count": 3, "non_count": 2}
 
 
@@ -108,10 +199,12 @@ def insert(engine: sa.Engine, table: type[Any], row: dict[str, Any]) -> None:
 def test_good_rows_are_accepted(engine: sa.Engine) -> None:
     # The control for the refusals below: only the one bad value differs.
     insert(engine, VoteAudit, GOOD_AUDIT)
+    insert(engine, Ballot, GOOD_BALLOT)
     insert(engine, VoteResult, GOOD_RESULT)
 
     with engine.connect() as connection:
         assert connection.scalar(sa.text("SELECT count(*) FROM vote_audit")) == 1
+        assert connection.scalar(sa.text("SELECT choice FROM ballots")) == "oui"
         assert connection.scalar(sa.text("SELECT oui_count FROM vote_results")) == 3
 
 
@@ -121,9 +214,10 @@ BAD_ROWS = {
     "hash-not-hex": (VoteAudit, GOOD_AUDIT, {"vote_hash": "g" + "a" * 63}),
     "hash-newline": (VoteAudit, GOOD_AUDIT, {"vote_hash": "a" * 63 + "\n"}),
     # Three characters each, so that only the check, not varchar(3), can refuse them.
-    "choice-yes": (VoteAudit, GOOD_AUDIT, {"choice": "yes"}),
-    "choice-upper-case": (VoteAudit, GOOD_AUDIT, {"choice": "OUI"}),
-    "choice-empty": (VoteAudit, GOOD_AUDIT, {"choice": ""}),
+    "choice-yes": (Ballot, GOOD_BALLOT, {"choice": "yes"}),
+    "choice-upper-case": (Ballot, GOOD_BALLOT, {"choice": "OUI"}),
+    "choice-empty": (Ballot, GOOD_BALLOT, {"choice": ""}),
+    "ballot-law-id-slash": (Ballot, GOOD_BALLOT, {"law_id": "law/001"}),
     "audit-law-id-space": (VoteAudit, GOOD_AUDIT, {"law_id": "law 001"}),
     "oui-negative": (VoteResult, GOOD_RESULT, {"oui_count": -1}),
     "non-negative": (VoteResult, GOOD_RESULT, {"non_count": -1}),

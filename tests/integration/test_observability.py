@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
@@ -57,26 +58,27 @@ def env_with(**overrides: str) -> dict[str, str]:
     return {**os.environ, **overrides}
 
 
-def test_worker_metrics_count_what_happened(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_choice", [False, True], ids=["default", "per-choice-exported"])
+def test_worker_metrics_count_what_happened(tmp_path: Path, per_choice: bool) -> None:
     accepted = [
         (voter_hash(n, LAWS[n % 2]), LAWS[n % 2], "oui" if n % 3 else "non") for n in range(120)
     ]
     load_roll(h for h, _, _ in accepted)
     seconds = [vote(h, law, "oui") for h, law, _ in accepted[:15]]
     # An aggregation message that can never be processed: an error and a dead letter.
-    garbage = [{"vote_hash": "0" * 64}]
+    garbage = {"law 001": {"oui": 1}}
     unknown = [vote(voter_hash(10_000 + n, LAWS[0]), LAWS[0], "oui") for n in range(7)]
     malformed = [
         {"vote_hash": "nothex", "law_id": LAWS[0], "choice": "oui", "timestamp": TIMESTAMP}
     ] * 4
     port = free_port()
-    env = env_with(METRICS_PORT=str(port))
+    env = env_with(METRICS_PORT=str(port), EXPORT_CHOICE_METRICS=str(per_choice).lower())
 
     with Worker(tmp_path / "worker.log", name="metrics@%h", env=env), Beat(tmp_path, env=env):
         publish(vote(h, law, choice) for h, law, choice in accepted)
         wait_for(lambda: sum(results().values()) == len(accepted), timeout=60, what="tallies")
         publish(seconds + unknown + malformed)
-        app.send_task("votes_app.aggregate_vote", kwargs={"votes": garbage})
+        app.send_task("votes_app.aggregate_vote", kwargs={"recorded": garbage})
         expected_statuses = {
             "accepted": len(accepted),
             "duplicate": len(seconds),
@@ -90,21 +92,27 @@ def test_worker_metrics_count_what_happened(tmp_path: Path) -> None:
                 s: value(samples, "validation_votes_processed_total", status=s)
                 for s in expected_statuses
             }
-            totals = sum(
-                value(samples, "current_vote_totals", law_id=law, choice=c)
-                for law in LAWS
-                for c in ("oui", "non")
-            )
+            totals = sum(value(samples, "current_law_totals", law_id=law) for law in LAWS)
             dead = value(samples, "dead_letters_total", reason="failed")
             counted = statuses == expected_statuses and totals == len(accepted) and dead == 1
             return samples if counted else {}
 
         samples = wait_for(all_counted, timeout=60, interval=0.5, what="metrics of every vote")
 
-    per_law_choice = Counter((law, choice) for _, law, choice in accepted)
-    for (law, choice), count in per_law_choice.items():
-        assert value(samples, "current_vote_totals", law_id=law, choice=choice) == count
-        assert value(samples, "votes_aggregated_total", law_id=law, choice=choice) == count
+    per_law = Counter(law for _, law, _ in accepted)
+    for law, count in per_law.items():
+        assert value(samples, "current_law_totals", law_id=law) == count
+        assert value(samples, "votes_recorded_total", law_id=law) == count
+    per_choice_names = {"current_vote_totals", "votes_aggregated_total"}
+    if per_choice:
+        per_law_choice = Counter((law, choice) for _, law, choice in accepted)
+        for (law, choice), count in per_law_choice.items():
+            assert value(samples, "current_vote_totals", law_id=law, choice=choice) == count
+            assert value(samples, "votes_aggregated_total", law_id=law, choice=choice) == count
+    else:
+        # Withheld: absent, not a misleading zero.
+        assert per_choice_names & {name for name, _ in samples} == set()
+        assert not any("choice" in dict(labels) for _, labels in samples)
     assert value(samples, "tally_flush_votes_total") == len(accepted)
     assert value(samples, "batch_size_processed_total") == sum(expected_statuses.values())
     assert value(samples, "validation_processing_latency_seconds_count") == sum(

@@ -8,8 +8,9 @@ from typing import Any, TypeAlias
 import sqlalchemy as sa
 
 from tests.support import TIMESTAMP, voter_hash
+from votes_app.redaction import sample_of
 from votes_app.resources import session_scope
-from votes_app.review import Rejection, Verdict, record_rejections, sample_of
+from votes_app.review import Rejection, Verdict, record_rejections
 from votes_app.schemas import Submission
 from votes_app.validation import judge
 

@@ -11,7 +11,7 @@ import pytest
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
-from votes_app.review import SAMPLE_MAX, sample_of
+from votes_app.redaction import SAMPLE_MAX, sample_of
 from votes_app.schemas import MalformedVote, Submission, Vote, parse_vote
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -203,9 +203,27 @@ def test_review_sample_leaves_out_citizen_id_given_by_keyword() -> None:
     sample = sample_of((), {**EXAMPLE, "choice": "maybe"})
 
     assert CITIZEN_ID not in sample
-    assert json.loads(sample) == {key: v for key, v in EXAMPLE.items() if key != "citizen_id"} | {
-        "choice": "maybe"
-    }
+    assert json.loads(sample) == {
+        key: v for key, v in EXAMPLE.items() if key not in ("citizen_id", "choice")
+    } | {"choice": "<str of 5 characters>"}
+
+
+@pytest.mark.parametrize("choice", ["oui", "non", "Oui", "NON ", ["oui"], {"vote": "non"}])
+def test_review_sample_never_shows_a_choice(choice: object) -> None:
+    by_keyword = sample_of((), {**EXAMPLE, "choice": choice})
+    positional = sample_of((HASH, "law-001", choice, EXAMPLE["timestamp"]), {})
+
+    for sample in (by_keyword, positional):
+        assert "oui" not in sample.lower() and "non" not in sample.lower()
+        assert HASH in sample and "law-001" in sample  # what an investigator needs stays
+
+
+def test_review_sample_shows_other_fields_by_their_shape_only() -> None:
+    sample = json.loads(sample_of((), {**EXAMPLE, "ballot": "non", "weight": 1000}))
+
+    assert sample["ballot"] == "<str of 3 characters>"
+    assert sample["weight"] == "<int>"
+    assert sample["timestamp"] == EXAMPLE["timestamp"]
 
 
 def test_review_sample_leaves_out_citizen_id_given_as_fifth_argument() -> None:

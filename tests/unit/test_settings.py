@@ -43,7 +43,8 @@ def test_defaults_work_on_a_developer_machine() -> None:
     )
     assert settings.flush_interval_seconds == 1.0
     assert settings.claim_ttl_seconds == 86_400
-    assert settings.tally_straggler_seconds == 60.0
+    # Per-choice series tell a lone vote's choice: withheld unless an operator says otherwise.
+    assert settings.export_choice_metrics is False
     assert (settings.validate_batch_size, settings.validate_batch_ms) == (100, 50)
     # Room for a full batch held unacknowledged while the next one fills.
     assert settings.worker_prefetch_multiplier == 200
@@ -58,7 +59,7 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("DATABASE_POOL_SIZE", "17")
     monkeypatch.setenv("BROKER_CONFIRM_PUBLISH", "false")
     monkeypatch.setenv("CLAIM_TTL_SECONDS", "3600")
-    monkeypatch.setenv("TALLY_STRAGGLER_SECONDS", "0.5")
+    monkeypatch.setenv("EXPORT_CHOICE_METRICS", "true")
     monkeypatch.setenv("VALIDATE_BATCH_SIZE", "250")
     monkeypatch.setenv("VALIDATE_BATCH_MS", "20")
     monkeypatch.setenv("WORKER_PREFETCH_MULTIPLIER", "300")
@@ -71,7 +72,7 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.database_pool_size == 17 != default.database_pool_size
     assert settings.broker_confirm_publish is False
     assert settings.claim_ttl_seconds == 3600 != default.claim_ttl_seconds
-    assert settings.tally_straggler_seconds == 0.5 != default.tally_straggler_seconds
+    assert settings.export_choice_metrics is True is not default.export_choice_metrics
     assert settings.validate_batch_size == 250 != default.validate_batch_size
     assert settings.validate_batch_ms == 20 != default.validate_batch_ms
     assert settings.worker_prefetch_multiplier == 300 != default.worker_prefetch_multiplier
@@ -104,10 +105,7 @@ def test_dot_env_is_read_and_environment_wins(
         ("WORKER_PREFETCH_MULTIPLIER", "0"),
         ("CLAIM_TTL_SECONDS", "59"),
         ("CLAIM_TTL_SECONDS", "1.5"),
-        ("TALLY_STRAGGLER_SECONDS", "0"),
-        ("TALLY_STRAGGLER_SECONDS", "-1"),
-        ("TALLY_STRAGGLER_SECONDS", "inf"),
-        ("TALLY_STRAGGLER_SECONDS", "nan"),
+        ("EXPORT_CHOICE_METRICS", "sometimes"),
         ("VALIDATE_BATCH_SIZE", "0"),
         ("VALIDATE_BATCH_SIZE", "10001"),
         ("VALIDATE_BATCH_MS", "0"),

@@ -12,11 +12,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from votes_app import reconcile
-from votes_app.ballot_box import VALID_HASHES, add_to_set, load_voters, voter_roll_size
+from votes_app.ballot_box import VALID_HASHES, load_voters, voter_roll_size
 from votes_app.config import get_settings
-from votes_app.resources import get_ballot_box, get_engine, get_redis, get_tallies, session_scope
+from votes_app.resources import get_ballot_box, get_engine, get_redis, session_scope
 from votes_app.schemas import Submission
-from votes_app.tallies import PENDING, flush
+from votes_app.tallies import flush
 from votes_app.validation import validate
 from votes_tools import namespace
 from votes_tools.bench.display import Display
@@ -26,14 +26,21 @@ from votes_tools.processes import run_votes
 
 VALIDATE_ALONE_VOTES = 20_000
 
-FILL_AUDIT = """
-INSERT INTO vote_audit (vote_hash, law_id, choice, voted_at, task_id)
+# A backlog as an outage of beat leaves it: voters and their ballots recorded, none counted.
+FILL_VOTERS = """
+INSERT INTO vote_audit (vote_hash, law_id, voted_at, task_id)
 SELECT encode(sha256(convert_to('bench-flush|' || n, 'UTF8')), 'hex'),
        'law-' || lpad((n % :laws + 1)::text, 3, '0'),
-       CASE WHEN (n / :laws) % 2 = 0 THEN 'oui' ELSE 'non' END,
        now(),
        'bench-flush-' || n
 FROM generate_series(0, :count - 1) AS n
+"""
+FILL_BALLOTS = """
+INSERT INTO ballots (law_id, choice)
+SELECT 'law-' || lpad((n % :laws + 1)::text, 3, '0'),
+       CASE WHEN (n / :laws) % 2 = 0 THEN 'oui' ELSE 'non' END
+FROM generate_series(0, :count - 1) AS n
+ORDER BY random()
 """
 
 
@@ -110,55 +117,49 @@ def measure_validation(count: int, display: Display) -> dict[str, Any]:
     }
 
 
-def audit_sizes(rows: int) -> dict[str, float]:
-    """Bytes per audit row of the table and of each of its indexes."""
+def ballot_sizes(rows: int) -> dict[str, float]:
+    """Bytes per ballot of the table and of each of its indexes."""
     query = sa.text(
-        "SELECT 'table', pg_table_size('vote_audit') UNION ALL "
+        "SELECT 'table', pg_table_size('ballots') UNION ALL "
         "SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) "
-        "FROM pg_index WHERE indrelid = 'vote_audit'::regclass"
+        "FROM pg_index WHERE indrelid = 'ballots'::regclass"
     )
     with get_engine().connect() as connection:
         return {name: size / rows for name, size in connection.execute(query)}
 
 
 def measure_flush(count: int, laws: int, display: Display) -> dict[str, Any]:
-    """One `tallies.flush` of `count` pending votes over `laws` laws, as after an outage
-    of beat: audit rows filled by SQL, their hashes in tallies:pending, then one flush."""
+    """One `tallies.flush` of `count` waiting ballots over `laws` laws, as after an outage
+    of beat: voters and ballots filled by SQL, then one flush."""
     namespace.reset()
-    display.show("flush: filling the audit log", 0, count)
+    display.show("flush: filling voters and ballots", 0, count)
     with get_engine().begin() as connection:
-        connection.execute(sa.text(FILL_AUDIT), {"laws": laws, "count": count})
-    # Autovacuum analyzes a table that grew this much within a minute; do it now.
+        for fill in (FILL_VOTERS, FILL_BALLOTS):
+            connection.execute(sa.text(fill), {"laws": laws, "count": count})
+    # Autovacuum analyzes tables that grew this much within a minute; do it now.
     with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(sa.text("VACUUM ANALYZE vote_audit"))
-    hashes = (hashlib.sha256(f"bench-flush|{n}".encode()).hexdigest() for n in range(count))
-    for _ in add_to_set(get_redis(), PENDING, hashes):
-        pass
-    display.show("flush: filling the audit log", count, count)
-    before = audit_sizes(count)
+        connection.execute(sa.text("VACUUM ANALYZE vote_audit, ballots"))
+    display.show("flush: filling voters and ballots", count, count)
+    before = ballot_sizes(count)
     started = time.monotonic()
-    result = flush(
-        tallies=get_tallies(),
-        session_scope=session_scope,
-        straggler_age=timedelta(seconds=get_settings().tally_straggler_seconds),
-    )
+    result = flush(session_scope=session_scope)
     seconds = time.monotonic() - started
     counted = result.vote_count if result else 0
     display.show("flush: one flush", counted, count)
     reconciling = time.monotonic()
     with session_scope() as session:
-        drift = [line for line in reconcile.compare(session=session) if line.drift]
+        found = reconcile.reconcile(session=session)
     reconcile_seconds = time.monotonic() - reconciling
-    if counted != count or drift:
-        raise RuntimeError(f"flush counted {counted:,} of {count:,}; drift: {drift}")
+    if counted != count or not found.ok:
+        raise RuntimeError(f"flush counted {counted:,} of {count:,}; drift: {found.drifting}")
     return {
         "votes": count,
         "laws": laws,
         "seconds": seconds,
         "votes_per_second": rate(count, seconds),
-        # `votes reconcile` reads the whole audit log: how long that takes at this size.
+        # `votes reconcile` reads every voter and ballot: how long that takes at this size.
         "reconcile_seconds": reconcile_seconds,
-        # Each counted vote leaves a dead row version behind until (auto)vacuum.
-        "audit_bytes_per_row_before_flush": before,
-        "audit_bytes_per_row_after_flush": audit_sizes(count),
+        # Each counted ballot leaves a dead row version behind until (auto)vacuum.
+        "ballot_bytes_per_row_before_flush": before,
+        "ballot_bytes_per_row_after_flush": ballot_sizes(count),
     }

@@ -3,6 +3,7 @@ latency (an open-loop run at a fixed rate), with CPU, WAL and memory measured ar
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -180,10 +181,17 @@ def run_latency(
     display: Display,
 ) -> dict[str, Any]:
     """An open-loop run at --rate: each vote is timed from when it was due to be published
-    (so that a producer falling behind cannot hide queueing) to its audit row's
-    recorded_at (PostgreSQL's clock: the same machine's), and to its flush batch's commit."""
+    (so that a producer falling behind cannot hide queueing) to its voter row's recorded_at
+    (PostgreSQL's clock: the same machine's), and to the commit of the flush that counted it.
+
+    Which flush counted a ballot is nowhere to be read (nothing pairs it with its voter):
+    each flush counts every ballot committed before it starts, so a vote is taken to be
+    counted by the first flush that started after its transaction began (recorded_at). A
+    flush that starts during that transaction, a few milliseconds, comes out early by one
+    flush interval.
+    """
     with get_engine().connect() as connection:
-        before = int(connection.scalar(sa.select(sa.func.max(VoteAudit.id))) or 0)
+        before = connection.scalar(sa.select(sa.func.now()))
     watch = BatchWatch()
     watch.start()
     total = len(workload.messages)
@@ -204,21 +212,25 @@ def run_latency(
         time.sleep(watch.interval * 3)
     finally:
         watch.stop()
+    epoch = sa.func.extract("epoch", VoteAudit.recorded_at)
     with get_engine().connect() as connection:
         rows = connection.execute(
-            sa.select(
-                VoteAudit.task_id,
-                sa.func.extract("epoch", VoteAudit.recorded_at),
-                VoteAudit.tally_batch,
-            ).where(VoteAudit.id > before)
+            sa.select(VoteAudit.task_id, epoch).where(VoteAudit.recorded_at >= before)
         ).all()
+        flushes = connection.execute(
+            sa.select(sa.func.extract("epoch", TallyBatch.applied_at), TallyBatch.batch_id)
+            .where(TallyBatch.applied_at >= before)
+            .order_by(TallyBatch.applied_at)
+        ).all()
+    starts = [float(started) for started, _ in flushes]
     audited, tallied = [], []
-    for task_id, recorded, batch_id in rows:
+    for task_id, recorded in rows:
         due = publication.sent[task_id]
         audited.append((float(recorded) - due) * 1000)
-        if batch_id not in watch.seen:
-            raise RuntimeError(f"flush batch {batch_id} was never seen committing")
-        tallied.append((watch.seen[batch_id] - due) * 1000)
+        counted_by = bisect.bisect_right(starts, float(recorded))
+        if counted_by == len(flushes) or flushes[counted_by][1] not in watch.seen:
+            raise RuntimeError(f"no flush was seen counting the vote of task {task_id}")
+        tallied.append((watch.seen[flushes[counted_by][1]] - due) * 1000)
     return {
         "offered_per_second": options.rate,
         "seconds": options.latency_seconds,

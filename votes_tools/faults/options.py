@@ -11,11 +11,6 @@ RedisRestart = Literal["empty", "shutdown"]
 
 QUICK_VOTES = 3_000
 
-# Settings of the workers and beat the campaign starts. A vote whose pending tally Redis
-# forgot is counted by the flush's straggler sweep once it is this old: 2 s instead of 60
-# keeps the Redis scenario's drain short.
-CAMPAIGN_ENV = {"TALLY_STRAGGLER_SECONDS": "2"}
-
 
 @dataclass(frozen=True, slots=True)
 class CampaignOptions:
@@ -28,7 +23,7 @@ class CampaignOptions:
     broker_restart: BrokerRestart = "stop-app"
     redis_restart: RedisRestart = "empty"
     drain_timeout: float = 300.0
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # settings of its workers and beat
 
     @classmethod
     def quick(cls, directory: Path, votes: int = QUICK_VOTES) -> CampaignOptions:

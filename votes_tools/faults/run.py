@@ -19,7 +19,7 @@ from votes_app.resources import get_redis, session_scope
 from votes_app.status import queue_depths
 from votes_tools.counts import Snapshot
 from votes_tools.faults.injectors import in_flight, polled
-from votes_tools.faults.options import CAMPAIGN_ENV, CampaignOptions
+from votes_tools.faults.options import CampaignOptions
 from votes_tools.faults.report import Row
 from votes_tools.polling import wait_for
 from votes_tools.processes import Beat, Worker, free_port, stop_all
@@ -48,7 +48,7 @@ class ScenarioRun:
         self.workload = workload
         self.directory = options.directory / name
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.env = os.environ | CAMPAIGN_ENV | options.env
+        self.env = os.environ | options.env
         self.workers = [self._worker(n) for n in range(options.workers)]
         self.beat = Beat(self.directory, env=self.env)
         # One producer in order, a vote confirmed before the next, as a simple producer
@@ -200,15 +200,22 @@ def measure(workload: Workload, row: Row) -> None:
     now = Snapshot.take()
     row.audited, row.tallied, row.duplicates = now.audited, now.tallied, now.duplicates
     with session_scope() as session:
-        lines = reconcile.compare(session=session)
+        found = reconcile.reconcile(session=session)
     with session_scope() as session:
         audited = set(session.scalars(sa.select(VoteAudit.vote_hash)))
         duplicated = set(session.scalars(sa.select(DuplicateAttempt.vote_hash)))
     refused_invalid = invalid_hashes()
     row.invalid = len(refused_invalid & workload.unknown)
-    # Lost: never recorded, or recorded and never counted.
-    row.lost = len(workload.accepted - audited) + sum(max(0, -line.drift) for line in lines)
-    row.counted_twice = sum(max(0, line.drift) for line in lines)
+    # Lost: never recorded, a voter without a ballot, or a ballot never counted. Counted
+    # twice: a ballot without a voter, or a ballot counted more than once.
+    row.lost = (
+        len(workload.accepted - audited)
+        + sum(max(0, -line.drift) for line in found.lines)
+        + sum(max(0, -law.gap) for law in found.turnout)
+    )
+    row.counted_twice = sum(max(0, line.drift) for line in found.lines) + sum(
+        max(0, law.gap) for law in found.turnout
+    )
     row.wrongly_refused = len(duplicated & workload.sent_once) + len(
         refused_invalid & workload.accepted
     )
