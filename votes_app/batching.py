@@ -18,7 +18,6 @@ from celery_batches.trace import apply_batches_task
 from votes_app import dead_letters, metrics
 from votes_app.ballot_box import VoterRollMissing
 from votes_app.config import get_settings
-from votes_app.redaction import ARGS_REPR, kwargs_repr
 from votes_app.resources import TRANSIENT_ERRORS, get_ballot_box, session_scope
 from votes_app.schemas import Submission, utcnow
 from votes_app.validation import Outcome, validate
@@ -219,9 +218,6 @@ def retry_later(
                 task_id=request.id,
                 countdown=countdown,
                 retries=retries,
-                # Not Celery's repr of the vote, which headers and task events would carry.
-                argsrepr=ARGS_REPR,
-                kwargsrepr=kwargs_repr("1 vote"),
             )
         except Exception as exc:
             dead.append(

@@ -13,7 +13,7 @@ from kombu import Connection, Exchange, Queue
 
 from votes_app import metrics
 from votes_app.config import Settings, get_settings
-from votes_app.redaction import EscapeControlCharacters
+from votes_app.redaction import EscapeControlCharacters, argument_reprs
 from votes_app.resources import forget_inherited_connections
 
 logger = get_logger(__name__)
@@ -111,6 +111,14 @@ def declare_dead_letters(connection: Connection) -> None:
 def _declare_dead_letters_on_start(**_: Any) -> None:
     with app.connection_for_write() as connection:
         declare_dead_letters(connection)
+
+
+@signals.before_task_publish.connect
+def _redact_argument_reprs(body: Any, headers: dict[str, Any], **_: Any) -> None:
+    # Every task message this app sends (votes handed on, retries, a producer's votes):
+    # Celery's own reprs would carry the vote's fields into headers and task events.
+    args, kwargs, _options = body
+    headers["argsrepr"], headers["kwargsrepr"] = argument_reprs(args, kwargs)
 
 
 @signals.after_setup_logger.connect

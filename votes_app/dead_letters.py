@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from votes_app import metrics
 from votes_app.celery import DEAD, TASK_ROUTES, VOTES_EXCHANGE, declare_dead_letters
 from votes_app.config import get_settings
-from votes_app.redaction import ARGS_REPR, kwargs_repr, sample_of, shape
+from votes_app.redaction import argument_reprs, sample_of, shape
 from votes_app.resources import get_redis
 from votes_app.schemas import describe_errors
 
@@ -118,6 +118,18 @@ def _preview(message: Any) -> str:
     return shape(body)
 
 
+def _argument_reprs(message: Any) -> tuple[str, str]:
+    """The redacted reprs of a Celery message's arguments; of anything else, none."""
+    try:
+        body = json.loads(message.body)
+    except (TypeError, ValueError):
+        body = None
+    if isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict):
+        args = body[0] if isinstance(body[0], list) else [body[0]]
+        return argument_reprs(args, body[1])
+    return argument_reprs((), {})
+
+
 def _reason(message: Any, remembered: str | None) -> str:
     if remembered:
         return remembered
@@ -209,7 +221,7 @@ def replay(
                 continue
             headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
             # The producer's reprs of the arguments would reach task events when replayed.
-            headers |= {"argsrepr": ARGS_REPR, "kwargsrepr": kwargs_repr("replayed")}
+            headers |= dict(zip(("argsrepr", "kwargsrepr"), _argument_reprs(message), strict=True))
             publish_channel.basic_publish_confirm(
                 publish_channel.prepare_message(
                     message.body,

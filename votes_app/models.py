@@ -96,7 +96,7 @@ class VoteResult(Base):
 
 
 class TallyBatch(Base):
-    """A flushed batch of pending tallies; its id makes re-applying the batch a no-op."""
+    """One flush that counted ballots: its id marks them, `vote_count` says how many."""
 
     __tablename__ = "tally_batches"
     __table_args__ = (sa.CheckConstraint("vote_count >= 0", name="vote_count_non_negative"),)

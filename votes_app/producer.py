@@ -11,7 +11,6 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from votes_app.celery import VALIDATION, app, declare_dead_letters
-from votes_app.redaction import ARGS_REPR, kwargs_repr
 
 T = TypeVar("T")
 
@@ -196,8 +195,4 @@ class VotePublisher:
             # A reconnect inside Celery would open a channel that knows nothing of the
             # confirms awaited on this one: connection errors come back here instead.
             retry=False,
-            # Celery copies a repr of the arguments into the message headers, where task
-            # events and logs pick it up: none of the vote goes there.
-            argsrepr=ARGS_REPR,
-            kwargsrepr=kwargs_repr("1 vote"),
         )

@@ -21,18 +21,10 @@ POSITIONAL = ("vote_hash", "law_id", "choice", "timestamp", "citizen_id")
 SHOWN_AS_SENT = frozenset({"vote_hash", "law_id", "timestamp"})
 LEFT_OUT = frozenset({"citizen_id"})  # the voter's identity: not even its shape
 
-# The argument reprs of every task message votes_app sends: Celery copies them into message
-# headers and task events (Flower, exporters), where a vote's fields must not go.
-ARGS_REPR = "()"
 
 # C0 and C1 controls (newline, carriage return, escape, NUL ...), DEL, and the Unicode line
 # separators and direction overrides that can break or disguise a line.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def kwargs_repr(what: str) -> str:
-    """The repr of a task's keyword arguments: what they hold, counted, not what they say."""
-    return "{" + what + "}"
 
 
 def shape(value: Any) -> str:
@@ -44,6 +36,15 @@ def shape(value: Any) -> str:
     if isinstance(value, Sequence):
         return f"<{type(value).__name__} of {len(value)} items>"
     return f"<{type(value).__name__}>"
+
+
+def argument_reprs(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
+    """A task message's `argsrepr` and `kwargsrepr`: each argument by its shape. Celery copies
+    them into the message's headers, and task events, Flower and failure logs show them."""
+    return (
+        repr(tuple(shape(value) for value in args)),
+        repr({str(name): shape(value) for name, value in kwargs.items()}),
+    )
 
 
 def _shown(name: str, value: Any) -> Any:

@@ -15,7 +15,6 @@ from votes_app import dead_letters, metrics, review, status, tallies, validation
 from votes_app.batching import SettledBatches, settle
 from votes_app.celery import app
 from votes_app.config import get_settings
-from votes_app.redaction import ARGS_REPR, kwargs_repr
 from votes_app.resources import TRANSIENT_ERRORS, get_redis, session_scope
 
 logger = get_task_logger(__name__)
@@ -81,20 +80,13 @@ def hand_on(outcome: validation.Outcome) -> None:
     """Send the next steps; called only after the votes are committed.
 
     Neither message names a voter next to a choice: aggregation hears how many votes each
-    law got, review hears who was refused and why. Their argument reprs, which Celery puts
-    in headers and task events, say only how many items they carry.
+    law got, review hears who was refused and why.
     """
     if outcome.recorded:
-        aggregate_vote.apply_async(
-            kwargs={"recorded": outcome.recorded_per_law()},
-            argsrepr=ARGS_REPR,
-            kwargsrepr=kwargs_repr(f"{len(outcome.recorded)} votes"),
-        )
+        aggregate_vote.apply_async(kwargs={"recorded": outcome.recorded_per_law()})
     if outcome.rejections:
         record_review.apply_async(
-            kwargs={"rejections": [r.model_dump(mode="json") for r in outcome.rejections]},
-            argsrepr=ARGS_REPR,
-            kwargsrepr=kwargs_repr(f"{len(outcome.rejections)} refusals"),
+            kwargs={"rejections": [r.model_dump(mode="json") for r in outcome.rejections]}
         )
     for cast in outcome.recorded:
         logger.info(

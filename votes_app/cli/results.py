@@ -26,7 +26,8 @@ def results(law_id: str | None) -> None:
 
 @click.command("reconcile")
 def check_tallies() -> None:
-    """Compare `vote_results` with the audit log per law and choice; exit 1 on any drift."""
+    """Check voters against ballots per law, and `vote_results` against the ballots per law
+    and choice; exit 1 on any difference."""
     from votes_app import reconcile
     from votes_app.resources import session_scope
 
