@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
 from itertools import islice
@@ -209,9 +210,38 @@ def add_to_set(
         yield sum(len(chunk) for chunk in trip), sum(int(n) for n in added)
 
 
+# Put a roll loaded aside in place: whole, at once. Another load that put its own roll in
+# place meanwhile is merged with, not overwritten.
+_PUT_ROLL_IN_PLACE = """
+-- KEYS: valid_hashes, the roll loaded aside
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('RENAME', KEYS[2], KEYS[1])
+else
+    redis.call('SUNIONSTORE', KEYS[1], KEYS[1], KEYS[2])
+    redis.call('DEL', KEYS[2])
+end
+return redis.call('SCARD', KEYS[1])
+"""
+
+
 def load_voters(client: redis.Redis, hashes: Iterable[str]) -> Iterator[tuple[int, int]]:
-    """Add hashes to the voter roll (`valid_hashes`); see `add_to_set`."""
-    return add_to_set(client, VALID_HASHES, hashes)
+    """Add hashes to the voter roll (`valid_hashes`); see `add_to_set`.
+
+    A missing roll (never loaded, or lost with a Redis restart) is loaded aside and appears
+    whole, at once: until then votes are held, as for any missing roll. Filled in place, a
+    roll half loaded would refuse, as not on the roll, voters not loaded yet. Hashes added to
+    a roll that exists go straight in.
+    """
+    if client.exists(VALID_HASHES):
+        yield from add_to_set(client, VALID_HASHES, hashes)
+        return
+    aside = f"{VALID_HASHES}:loading:{uuid.uuid4().hex}"
+    try:
+        yield from add_to_set(client, aside, hashes)
+        if client.exists(aside):
+            client.eval(_PUT_ROLL_IN_PLACE, 2, VALID_HASHES, aside)
+    finally:
+        client.delete(aside)
 
 
 def restore_voted(client: redis.Redis, hashes: Iterable[str]) -> Iterator[tuple[int, int]]:

@@ -260,6 +260,37 @@ def test_load_voters_fills_the_roll_only(redis_client: redis.Redis) -> None:
     assert voted(redis_client) == set()
 
 
+def test_a_missing_roll_appears_whole_at_once(box: BallotBox, redis_client: redis.Redis) -> None:
+    hashes = [voter_hash(n, LAW) for n in range(25_000)]  # three round trips of SADDs
+    loading = load_voters(redis_client, hashes)
+
+    next(loading)  # the first round trip is in: the roll is not there yet, votes are held
+    assert not redis_client.exists(VALID_HASHES)
+    with pytest.raises(VoterRollMissing):
+        box.claim([(hashes[0], "task-early")])
+    rest = list(loading)
+
+    assert len(rest) == 2
+    assert voter_roll_size(redis_client) == len(hashes)
+    assert set(redis_client.keys("*")) == {VALID_HASHES}  # nothing left aside
+    assert box.claim([(hashes[-1], "task-late")]) == [Claim.CLAIMED]
+
+
+def test_hashes_added_to_a_roll_in_place_go_straight_in(redis_client: redis.Redis) -> None:
+    first, more = (
+        [voter_hash(n, LAW) for n in range(100)],
+        [voter_hash(n, LAW) for n in range(100, 20_100)],
+    )
+    list(load_voters(redis_client, first))
+    loading = load_voters(redis_client, more)
+
+    next(loading)
+
+    assert voter_roll_size(redis_client) == len(first) + 10_000
+    list(loading)
+    assert voter_roll_size(redis_client) == len(first) + len(more)
+
+
 # --- one voter, fifty workers -------------------------------------------------------------
 
 CONTENDERS = 50
