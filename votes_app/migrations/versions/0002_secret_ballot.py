@@ -15,6 +15,7 @@ Create Date: 2026-12-02 14:10:00
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -28,6 +29,24 @@ HASH_CHECK = "vote_hash ~ '^[0-9a-f]{64}$'"
 LAW_ID_CHECK = "law_id ~ '^[A-Za-z0-9._-]{1,50}$'"
 CHOICE_CHECK = "choice IN ('oui', 'non')"
 SAMPLE_REMOVED = "(removed: it held a choice, recorded before ballots were kept apart)"
+
+
+def voter_columns() -> list[sa.Column[Any] | sa.CheckConstraint]:
+    """What `vote_audit` holds before and after this revision, with its checks."""
+    return [
+        sa.Column("vote_hash", sa.String(length=64), nullable=False),
+        sa.Column("law_id", sa.String(length=50), nullable=False),
+        sa.Column("voted_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "recorded_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("task_id", sa.String(length=255), nullable=False),
+        sa.CheckConstraint(LAW_ID_CHECK, name=op.f("ck_vote_audit_law_id_format")),
+        sa.CheckConstraint(HASH_CHECK, name=op.f("ck_vote_audit_vote_hash_hex")),
+    ]
 
 
 def upgrade() -> None:
@@ -60,18 +79,7 @@ def upgrade() -> None:
     op.drop_table("vote_audit")
     op.create_table(
         "vote_audit",
-        sa.Column("vote_hash", sa.String(length=64), nullable=False),
-        sa.Column("law_id", sa.String(length=50), nullable=False),
-        sa.Column("voted_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column(
-            "recorded_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.Column("task_id", sa.String(length=255), nullable=False),
-        sa.CheckConstraint(LAW_ID_CHECK, name=op.f("ck_vote_audit_law_id_format")),
-        sa.CheckConstraint(HASH_CHECK, name=op.f("ck_vote_audit_vote_hash_hex")),
+        *voter_columns(),
         sa.PrimaryKeyConstraint("vote_hash", name=op.f("pk_vote_audit")),
     )
     op.execute("INSERT INTO vote_audit SELECT * FROM voters_moving")
@@ -117,21 +125,10 @@ def downgrade() -> None:
     op.create_table(
         "vote_audit",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
-        sa.Column("vote_hash", sa.String(length=64), nullable=False),
-        sa.Column("law_id", sa.String(length=50), nullable=False),
+        *voter_columns(),
         sa.Column("choice", sa.String(length=3), nullable=False),
-        sa.Column("voted_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column(
-            "recorded_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.Column("task_id", sa.String(length=255), nullable=False),
         sa.Column("tally_batch", sa.String(length=64), nullable=True),
         sa.CheckConstraint(CHOICE_CHECK, name=op.f("ck_vote_audit_choice_valid")),
-        sa.CheckConstraint(LAW_ID_CHECK, name=op.f("ck_vote_audit_law_id_format")),
-        sa.CheckConstraint(HASH_CHECK, name=op.f("ck_vote_audit_vote_hash_hex")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_vote_audit")),
         sa.UniqueConstraint("vote_hash", name=op.f("uq_vote_audit_vote_hash")),
     )
