@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 
+# The application's role, as workers connect; the owner's, for migrations and resets.
 TEST_DATABASE_URL = os.environ.get(
-    "VOTES_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/votes_test"
+    "VOTES_TEST_DATABASE_URL", "postgresql+psycopg2://votes_app@127.0.0.1:5432/votes_test"
+)
+TEST_OWNER_DATABASE_URL = os.environ.get(
+    "VOTES_TEST_OWNER_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/votes_test"
 )
 TEST_REDIS_URL = os.environ.get("VOTES_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TEST_BROKER_URL = os.environ.get(
@@ -18,6 +22,7 @@ TEST_BROKER_URL = os.environ.get(
 
 os.environ.update(
     DATABASE_URL=TEST_DATABASE_URL,
+    OWNER_DATABASE_URL=TEST_OWNER_DATABASE_URL,
     REDIS_URL=TEST_REDIS_URL,
     CELERY_BROKER_URL=TEST_BROKER_URL,
     FLUSH_INTERVAL_SECONDS="0.2",

@@ -13,13 +13,16 @@ from sqlalchemy.engine import make_url
 from votes_app.celery import ALL_QUEUES, WORK_QUEUES
 from votes_app.migrations import alembic_config
 from votes_app.status import queue_depths
-from votes_tools import polling
+from votes_tools import polling, workload
 from votes_tools.processes import Beat as Beat
 from votes_tools.processes import Worker as Worker
 from votes_tools.processes import run_votes as run_votes
-from votes_tools.workload import voter_hash as voter_hash
 
 TIMESTAMP = "2026-11-27T09:30:00+00:00"
+# The window of the laws the tests register: every timestamp they send falls in it.
+WINDOW = ("2000-01-01T00:00:00+00:00", "2100-01-01T00:00:00+00:00")
+# The law each hash made here was issued for, as the front end that computes it knows.
+_LAW_OF: dict[str, str] = {}
 
 T = TypeVar("T")
 
@@ -32,6 +35,13 @@ def wait_for(
         return polling.wait_for(predicate, timeout=timeout, interval=interval, what=what)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
+
+
+def voter_hash(voter: int, law_id: str, tag: str = "") -> str:
+    """`votes_tools.workload.voter_hash`, remembered for `load_roll`."""
+    vote_hash = workload.voter_hash(voter, law_id, tag)
+    _LAW_OF[vote_hash] = law_id
+    return vote_hash
 
 
 # --- state --------------------------------------------------------------------------------
@@ -58,11 +68,12 @@ def alembic_downgrade(url: str, revision: str) -> None:
 
 
 def reset_database() -> None:
+    """Empty every table (the owner's role: the application's may not)."""
     from votes_app.models import Base
-    from votes_app.resources import get_engine
+    from votes_app.resources import get_owner_engine
 
     tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
-    with get_engine().begin() as connection:
+    with get_owner_engine().begin() as connection:
         connection.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY"))
 
 
@@ -99,11 +110,39 @@ def vote(vote_hash: str, law_id: str, choice: str, **extra: Any) -> dict[str, An
     }
 
 
+def register_laws(*law_ids: str) -> None:
+    """Register the laws not registered yet, open over `WINDOW`."""
+    from votes_app.models import Law
+    from votes_app.resources import owner_session_scope
+
+    opens, closes = WINDOW
+    with owner_session_scope() as session:
+        session.execute(
+            sa.dialects.postgresql.insert(Law)
+            .values(
+                [
+                    {
+                        "law_id": law,
+                        "title": f"question {law}",
+                        "opens_at": opens,
+                        "closes_at": closes,
+                    }
+                    for law in sorted(set(law_ids))
+                ]
+            )
+            .on_conflict_do_nothing()
+        )
+
+
 def load_roll(hashes: Iterable[str]) -> int:
-    from votes_app.ballot_box import load_voters
+    """Put each hash (made by `voter_hash`) on the roll of its law, registering the law."""
+    from votes_app.ballot_box import load_rolls
     from votes_app.resources import get_redis
 
-    return sum(new for _, new in load_voters(get_redis(), hashes))
+    entries = [(_LAW_OF[vote_hash], vote_hash) for vote_hash in hashes]
+    if entries:
+        register_laws(*(law for law, _ in entries))
+    return sum(new for _, new in load_rolls(get_redis(), entries))
 
 
 def publish(votes: Iterable[dict[str, Any]]) -> list[str]:

@@ -1,4 +1,11 @@
-"""The Redis side of validation: the voter roll, the atomic claim, duplicate counters."""
+"""The Redis side of validation: the voter rolls, one per law, the atomic claim, duplicate
+counters.
+
+A hash counts only for the law it was issued for: the claim checks the roll of the vote's
+law (`valid_hashes:{law_id}`). A roll loaded the old way, bare hashes in `valid_hashes`
+without a law, is not read: each law's roll is loaded with `votes voters load --law` (or a
+`law_id,hash` file), and `votes health` says when only the old roll is there.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +23,15 @@ from votes_app import metrics
 
 T = TypeVar("T")
 
-# Key names are shared with the services this project replaces and their tooling.
-VALID_HASHES = "valid_hashes"
+# Key names are shared with the services this project replaces and their tooling; a law's
+# roll takes the old roll's name with the law after it.
+LEGACY_ROLL = "valid_hashes"
 VOTED_HASHES = "voted_hashes"
+
+
+def roll_key(law_id: str) -> str:
+    """The voter roll of one law: the hashes issued for it."""
+    return f"{LEGACY_ROLL}:{law_id}"
 
 
 def duplicate_count_key(vote_hash: str) -> str:
@@ -46,7 +59,7 @@ class VoterRollMissing(RuntimeError):
 
 # Check and claim in one step, so that two workers can never both claim one voter.
 _CLAIM = """
--- KEYS: valid_hashes, voted_hashes, vote_claim:{hash}; ARGV: hash, task id, claim ttl
+-- KEYS: valid_hashes:{law}, voted_hashes, vote_claim:{hash}; ARGV: hash, task id, claim ttl
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'roll_missing' end
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 'invalid' end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
@@ -123,20 +136,23 @@ class BallotBox:
         raise AssertionError("unreachable")
 
     @metrics.redis_operation("claim")
-    def claim(self, ballots: Sequence[tuple[str, str]]) -> list[Claim]:
-        """Claim each `(vote_hash, task_id)` in one round trip; one `Claim` per ballot."""
+    def claim(self, ballots: Sequence[tuple[str, str, str]]) -> list[Claim]:
+        """Claim each `(vote_hash, task_id, law_id)` against its law's roll, in one round
+        trip; one `Claim` per ballot."""
         answers = self._pipelined(
             self._claim,
             [
                 (
-                    [VALID_HASHES, VOTED_HASHES, claim_key(vote_hash)],
+                    [roll_key(law_id), VOTED_HASHES, claim_key(vote_hash)],
                     [vote_hash, task_id, self.claim_ttl],
                 )
-                for vote_hash, task_id in ballots
+                for vote_hash, task_id, law_id in ballots
             ],
         )
-        if "roll_missing" in answers:
-            raise VoterRollMissing("the voter roll (Redis set valid_hashes) is empty")
+        missing = sorted({law for (_, _, law), a in zip(ballots, answers, strict=True)
+                          if a == "roll_missing"})  # fmt: skip
+        if missing:
+            raise VoterRollMissing(f"no voter roll in Redis for {', '.join(missing)}")
         return [Claim(answer) for answer in answers]
 
     @metrics.redis_operation("release")
@@ -213,7 +229,7 @@ def add_to_set(
 # Put a roll loaded aside in place: whole, at once. Another load that put its own roll in
 # place meanwhile is merged with, not overwritten.
 _PUT_ROLL_IN_PLACE = """
--- KEYS: valid_hashes, the roll loaded aside
+-- KEYS: valid_hashes:{law}, the roll loaded aside
 if redis.call('EXISTS', KEYS[1]) == 0 then
     redis.call('RENAME', KEYS[2], KEYS[1])
 else
@@ -224,24 +240,50 @@ return redis.call('SCARD', KEYS[1])
 """
 
 
-def load_voters(client: redis.Redis, hashes: Iterable[str]) -> Iterator[tuple[int, int]]:
-    """Add hashes to the voter roll (`valid_hashes`); see `add_to_set`.
+def load_rolls(
+    client: redis.Redis,
+    entries: Iterable[tuple[str, str]],
+    *,
+    entries_per_trip: int = 10_000,
+) -> Iterator[tuple[int, int]]:
+    """Add `(law_id, vote_hash)` entries to the laws' voter rolls (`valid_hashes:{law_id}`),
+    one pipelined round trip per `entries_per_trip`; yields `(sent, new)` per round trip.
 
     A missing roll (never loaded, or lost with a Redis restart) is loaded aside and appears
-    whole, at once: until then votes are held, as for any missing roll. Filled in place, a
-    roll half loaded would refuse, as not on the roll, voters not loaded yet. Hashes added to
-    a roll that exists go straight in.
+    whole, at once, when the load ends: until then its law's votes are held, as for any
+    missing roll. Filled in place, a roll half loaded would refuse, as not on the roll,
+    voters not loaded yet. Hashes added to a roll that exists go straight in.
     """
-    if client.exists(VALID_HASHES):
-        yield from add_to_set(client, VALID_HASHES, hashes)
-        return
-    aside = f"{VALID_HASHES}:loading:{uuid.uuid4().hex}"
+    targets: dict[str, str] = {}  # law -> the key its hashes go to
+    aside: dict[str, str] = {}  # law -> its roll being loaded aside
     try:
-        yield from add_to_set(client, aside, hashes)
-        if client.exists(aside):
-            client.eval(_PUT_ROLL_IN_PLACE, 2, VALID_HASHES, aside)
+        for trip in batched(entries, entries_per_trip):
+            per_law: dict[str, list[str]] = {}
+            for law_id, vote_hash in trip:
+                per_law.setdefault(law_id, []).append(vote_hash)
+            for law_id in per_law.keys() - targets.keys():
+                roll = roll_key(law_id)
+                if client.exists(roll):
+                    targets[law_id] = roll
+                else:
+                    targets[law_id] = aside[law_id] = f"{roll}:loading:{uuid.uuid4().hex}"
+            pipe = client.pipeline(transaction=False)
+            for law_id, hashes in per_law.items():
+                pipe.sadd(targets[law_id], *hashes)
+            added = pipe.execute()
+            yield len(trip), sum(int(n) for n in added)
+        for law_id, key in aside.items():
+            client.eval(_PUT_ROLL_IN_PLACE, 2, roll_key(law_id), key)
     finally:
-        client.delete(aside)
+        if aside:
+            client.delete(*aside.values())
+
+
+def load_voters(
+    client: redis.Redis, law_id: str, hashes: Iterable[str]
+) -> Iterator[tuple[int, int]]:
+    """Add hashes to one law's voter roll; see `load_rolls`."""
+    return load_rolls(client, ((law_id, vote_hash) for vote_hash in hashes))
 
 
 def restore_voted(client: redis.Redis, hashes: Iterable[str]) -> Iterator[tuple[int, int]]:
@@ -249,5 +291,20 @@ def restore_voted(client: redis.Redis, hashes: Iterable[str]) -> Iterator[tuple[
     return add_to_set(client, VOTED_HASHES, hashes)
 
 
-def voter_roll_size(client: redis.Redis) -> int:
-    return int(client.scard(VALID_HASHES))
+def voter_roll_size(client: redis.Redis, law_id: str) -> int:
+    return int(client.scard(roll_key(law_id)))
+
+
+def on_roll(client: redis.Redis, law_id: str, hashes: Sequence[str]) -> list[bool] | None:
+    """Which of `hashes` are on the law's roll, in order; None when the roll is not there."""
+    roll = roll_key(law_id)
+    if not client.exists(roll):
+        return None
+    if not hashes:
+        return []
+    return [bool(found) for found in client.smismember(roll, list(hashes))]
+
+
+def legacy_roll_size(client: redis.Redis) -> int:
+    """Hashes in a roll loaded the old way (`valid_hashes`, no law), which nothing reads."""
+    return int(client.scard(LEGACY_ROLL))

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
-from votes_app.ballot_box import voter_roll_size
+from votes_app import laws
+from votes_app.ballot_box import legacy_roll_size, voter_roll_size
 from votes_app.celery import app
 from votes_app.config import get_settings
 from votes_app.migrations import alembic_config
-from votes_app.resources import get_engine, get_redis
+from votes_app.resources import get_engine, get_redis, session_scope
 from votes_app.status import seconds_since_flush
 
 
@@ -34,10 +36,26 @@ def check_broker() -> Check:
 def check_redis() -> Check:
     client = get_redis()
     client.ping()
-    roll = voter_roll_size(client)
-    if not roll:
-        return Check("redis", False, "answers, but the voter roll is missing: votes are held")
-    return Check("redis", True, f"voter roll of {roll:,} hashes")
+    with session_scope() as session:
+        registered = laws.all_laws(session=session)
+    now = datetime.now(UTC)
+    open_laws = [law.law_id for law in registered if law.state_at(now) == "open"]
+    rolls = {law_id: voter_roll_size(client, law_id) for law_id in open_laws}
+    legacy = legacy_roll_size(client)
+    note = f"; valid_hashes, a roll without laws ({legacy:,} hashes), is not read" if legacy else ""
+    if missing := sorted(law_id for law_id, size in rolls.items() if not size):
+        return Check(
+            "redis",
+            False,
+            f"answers, but no voter roll for {', '.join(missing)}: their votes are held{note}",
+        )
+    if not open_laws:
+        return Check("redis", True, f"answers; no law is open{note}")
+    return Check(
+        "redis",
+        True,
+        f"voter rolls of {len(rolls)} open laws, {sum(rolls.values()):,} hashes{note}",
+    )
 
 
 def check_postgresql() -> Check:

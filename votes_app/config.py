@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Votes a producer of this project (`votes submit --file`, the demo, the benchmark) keeps in
@@ -30,7 +30,14 @@ class Settings(BaseSettings):
     # Connections. The URLs carry credentials, so they never appear in a repr or a log.
     celery_broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672//")
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    database_url: SecretStr = SecretStr("postgresql+psycopg2://postgres@127.0.0.1:5432/votes")
+    # The application's role (`votes_app`, made by the migrations) may add votes and mark
+    # them counted, nothing else; the owner's role runs the migrations and the operator's
+    # lifecycle commands (votes laws add, close, certify, recount).
+    database_url: SecretStr = SecretStr("postgresql+psycopg2://votes_app@127.0.0.1:5432/votes")
+    owner_database_url: SecretStr = SecretStr("postgresql+psycopg2://postgres@127.0.0.1:5432/votes")
+    # Set, the migrations give the application's role this password (a deployment whose
+    # PostgreSQL asks for one); unset or empty, they leave the role's password as it is.
+    app_database_password: SecretStr | None = None
     database_pool_size: int = Field(default=5, ge=1)
 
     # Broker behaviour. Batching needs room: each worker process may hold a full batch
@@ -65,6 +72,11 @@ class Settings(BaseSettings):
     # port 0 turns the server off.
     metrics_address: str = "127.0.0.1"
     metrics_port: int = Field(default=8001, ge=0, le=65535)
+
+    @field_validator("app_database_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @property
     def broker_url(self) -> str:

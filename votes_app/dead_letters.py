@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -199,6 +200,22 @@ def list_dead(
             )
         )
     return letters
+
+
+def dead_votes(connection: Connection, *, limit: int = 1_000_000) -> Counter[str]:
+    """How many `validate_vote` messages wait in votes.dead, per law they name. A vote cast in
+    time but dead-lettered is counted only if replayed before its law closes."""
+    per_law: Counter[str] = Counter()
+    for _, message in _drain(connection, limit):
+        if (message.headers or {}).get("task") != "votes_app.validate_vote":
+            continue
+        try:
+            args, kwargs, _ = json.loads(message.body or b"")
+            law_id = kwargs.get("law_id") if "law_id" in kwargs else args[1]
+        except (TypeError, ValueError, AttributeError, IndexError):
+            continue  # not a vote anyone could count: it stays a dead letter
+        per_law[str(law_id)[:PREVIEW_MAX]] += 1
+    return per_law
 
 
 def replay(

@@ -24,7 +24,7 @@ from votes_app.config import get_settings
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
 
-OUTCOMES = ("accepted", "duplicate", "invalid", "malformed")
+OUTCOMES = ("accepted", "duplicate", "invalid", "malformed", "unknown_law", "outside_window")
 DEAD_LETTER_KINDS = ("redelivered", "failed", "out_of_retries", "retry_unpublished")
 
 P = ParamSpec("P")
@@ -41,6 +41,7 @@ class Metrics:
             # The value last set by any process of the worker is the one that counts.
             return Gauge(name, help_text, labels, multiprocess_mode="mostrecent")
 
+        self._gauge = gauge
         # Validation, as the old validation worker named them.
         self.votes_processed: Counter = Counter(
             "validation_votes_processed", "Votes validated, by outcome", ["status"]
@@ -64,15 +65,16 @@ class Metrics:
         )
         # Aggregation, as the old aggregation service named them: per choice, so withheld
         # unless EXPORT_CHOICE_METRICS turns them on (absent, not zero, when withheld).
+        # A closed law's final figures are published whatever the setting says: the series is
+        # made the first time there is one to show.
+        self.per_choice = per_choice
         self.votes_aggregated: Counter | None = None
-        self.current_vote_totals: Gauge | None = None
+        self._current_vote_totals: Gauge | None = None
         if per_choice:
             self.votes_aggregated = Counter(
                 "votes_aggregated", "Votes recorded, by law and choice", ["law_id", "choice"]
             )
-            self.current_vote_totals = gauge(
-                "current_vote_totals", "Votes counted in vote_results", ("law_id", "choice")
-            )
+            self.choice_totals()
         # The same per law, always: they say how many voted, not what.
         self.votes_recorded: Counter = Counter(
             "votes_recorded", "Votes recorded (voter and ballot), by law", ["law_id"]
@@ -94,8 +96,12 @@ class Metrics:
         self.votes_held: Counter = Counter(
             "votes_held", "Votes held back because the voter roll is missing"
         )
-        self.voter_roll_missing = gauge("voter_roll_missing", "1 while Redis has no voter roll")
-        self.voter_roll_size = gauge("voter_roll_size", "Hashes on the voter roll")
+        self.voter_roll_missing = gauge(
+            "voter_roll_missing", "1 while an open law has no voter roll in Redis"
+        )
+        self.voter_roll_size = gauge(
+            "voter_roll_size", "Hashes on the voter rolls of the open laws"
+        )
         self.dead_letters: Counter = Counter(
             "dead_letters", "Messages this worker sent to votes.dead", ["reason"]
         )
@@ -117,6 +123,14 @@ class Metrics:
         for kind in DEAD_LETTER_KINDS:
             self.dead_letters.labels(reason=kind)
         self.validation_errors.labels(error_type="voter_roll_missing")
+
+    def choice_totals(self) -> Gauge:
+        """`current_vote_totals{law_id,choice}`, made on first use."""
+        if self._current_vote_totals is None:
+            self._current_vote_totals = self._gauge(
+                "current_vote_totals", "Votes counted in vote_results", ("law_id", "choice")
+            )
+        return self._current_vote_totals
 
 
 @lru_cache

@@ -21,7 +21,10 @@ NAMING_CONVENTION = {
 HASH_CHECK = "vote_hash ~ '^[0-9a-f]{64}$'"
 LAW_ID_CHECK = "law_id ~ '^[A-Za-z0-9._-]{1,50}$'"
 CHOICE_CHECK = "choice IN ('oui', 'non')"
-REVIEW_KINDS = ("invalid", "malformed")
+REVIEW_KINDS = ("invalid", "malformed", "unknown_law", "outside_window")
+# A law's lifecycle as stored: `scheduled` until `votes close`, then `closed`, then
+# `certified`. A scheduled law whose window has begun is open (`Law.state_at`).
+LAW_STATES = ("scheduled", "closed", "certified")
 
 
 class Base(DeclarativeBase):
@@ -30,6 +33,30 @@ class Base(DeclarativeBase):
 
 def created_now() -> Mapped[datetime]:
     return mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+
+def law_reference(*, primary_key: bool = False) -> Mapped[str]:
+    """A law_id that names a registered law."""
+    return mapped_column(sa.String(50), sa.ForeignKey("laws.law_id"), primary_key=primary_key)
+
+
+class Law(Base):
+    """A question on the ballot: its voting window and where it stands in its lifecycle."""
+
+    __tablename__ = "laws"
+    __table_args__ = (
+        sa.CheckConstraint(LAW_ID_CHECK, name="law_id_format"),
+        sa.CheckConstraint("closes_at > opens_at", name="window_not_empty"),
+        sa.CheckConstraint("state IN ('scheduled', 'closed', 'certified')", name="state_valid"),
+    )
+
+    law_id: Mapped[str] = mapped_column(sa.String(50), primary_key=True)
+    title: Mapped[str] = mapped_column(sa.String(200))
+    opens_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    closes_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(sa.String(12), server_default="scheduled")
+    closed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    registered_at: Mapped[datetime] = created_now()
 
 
 class VoteAudit(Base):
@@ -46,7 +73,7 @@ class VoteAudit(Base):
     )
 
     vote_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    law_id: Mapped[str] = mapped_column(sa.String(50))
+    law_id: Mapped[str] = law_reference()
     voted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     recorded_at: Mapped[datetime] = created_now()
     # The Celery task id that recorded the vote: a redelivered message recognises its own row.
@@ -74,7 +101,7 @@ class Ballot(Base):
     ballot_id: Mapped[uuid.UUID] = mapped_column(
         sa.Uuid, primary_key=True, server_default=sa.func.gen_random_uuid()
     )
-    law_id: Mapped[str] = mapped_column(sa.String(50))
+    law_id: Mapped[str] = law_reference()
     choice: Mapped[str] = mapped_column(sa.String(3))
     tally_batch: Mapped[str | None] = mapped_column(sa.String(64))
 
@@ -89,7 +116,7 @@ class VoteResult(Base):
         sa.CheckConstraint(LAW_ID_CHECK, name="law_id_format"),
     )
 
-    law_id: Mapped[str] = mapped_column(sa.String(50), primary_key=True)
+    law_id: Mapped[str] = law_reference(primary_key=True)
     oui_count: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     non_count: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     updated_at: Mapped[datetime] = created_now()
@@ -104,6 +131,46 @@ class TallyBatch(Base):
     batch_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     vote_count: Mapped[int] = mapped_column(sa.BigInteger)
     applied_at: Mapped[datetime] = created_now()
+
+
+class ChainLink(Base):
+    """One link of a law's hash chain: what one flush batch counted for the law.
+
+    `link_hash` covers the previous link's hash and every other field, and
+    `ballots_digest` the batch's ballots of the law (`votes_app.chain`): a choice flipped, a
+    ballot added or removed, a count or a link rewritten no longer matches.
+    """
+
+    __tablename__ = "tally_chain"
+    __table_args__ = (
+        sa.CheckConstraint("seq >= 1", name="seq_positive"),
+        sa.CheckConstraint("oui >= 0 AND non >= 0", name="counts_non_negative"),
+    )
+
+    law_id: Mapped[str] = law_reference(primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    batch_id: Mapped[str] = mapped_column(sa.String(64))
+    oui: Mapped[int] = mapped_column(sa.BigInteger)
+    non: Mapped[int] = mapped_column(sa.BigInteger)
+    ballots_digest: Mapped[str] = mapped_column(sa.String(64))
+    prev_hash: Mapped[str] = mapped_column(sa.String(64))
+    link_hash: Mapped[str] = mapped_column(sa.String(64))
+    linked_at: Mapped[datetime] = created_now()
+
+
+class Certification(Base):
+    """A law's final, certified result: counts and digests to publish outside the system."""
+
+    __tablename__ = "certifications"
+
+    law_id: Mapped[str] = law_reference(primary_key=True)
+    oui_count: Mapped[int] = mapped_column(sa.BigInteger)
+    non_count: Mapped[int] = mapped_column(sa.BigInteger)
+    voters: Mapped[int] = mapped_column(sa.BigInteger)
+    ballots_digest: Mapped[str] = mapped_column(sa.String(64))
+    voters_digest: Mapped[str] = mapped_column(sa.String(64))
+    chain_head: Mapped[str] = mapped_column(sa.String(64))
+    certified_at: Mapped[datetime] = created_now()
 
 
 class DuplicateAttempt(Base):
@@ -131,7 +198,10 @@ class ReviewRecord(Base):
     __tablename__ = "vote_review"
     __table_args__ = (
         sa.UniqueConstraint("kind", "fingerprint", name="uq_vote_review_kind_fingerprint"),
-        sa.CheckConstraint("kind IN ('invalid', 'malformed')", name="kind_valid"),
+        sa.CheckConstraint(
+            "kind IN ('invalid', 'malformed', 'unknown_law', 'outside_window')",
+            name="kind_valid",
+        ),
         sa.CheckConstraint("occurrences >= 1", name="occurrences_positive"),
     )
 

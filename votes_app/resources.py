@@ -42,6 +42,17 @@ def get_engine() -> sa.Engine:
 
 
 @lru_cache
+def get_owner_engine() -> sa.Engine:
+    """The owner's connection: for the migrations and the operator's lifecycle commands,
+    never for a worker."""
+    return sa.create_engine(
+        get_settings().owner_database_url.get_secret_value(),
+        poolclass=sa.NullPool,
+        hide_parameters=True,
+    )
+
+
+@lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
 
@@ -59,6 +70,22 @@ def get_redis() -> redis.Redis:
 def session_scope() -> Iterator[Session]:
     """One transaction: committed when the block ends, rolled back if it raises."""
     with get_sessionmaker().begin() as session:
+        yield session
+
+
+@contextmanager
+def snapshot_scope() -> Iterator[Session]:
+    """`session_scope` reading one snapshot (REPEATABLE READ): what it reads agrees with
+    itself, whatever the flushes commit meanwhile."""
+    with session_scope() as session:
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        yield session
+
+
+@contextmanager
+def owner_session_scope() -> Iterator[Session]:
+    """`session_scope` with the owner's role."""
+    with sessionmaker(get_owner_engine(), expire_on_commit=False).begin() as session:
         yield session
 
 

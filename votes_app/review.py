@@ -26,8 +26,10 @@ REASON_MAX = 500
 
 class Verdict(StrEnum):
     DUPLICATE = "duplicate"
-    INVALID = "invalid"
+    INVALID = "invalid"  # not on the roll of the vote's law
     MALFORMED = "malformed"
+    UNKNOWN_LAW = "unknown_law"  # no such law is registered
+    OUTSIDE_WINDOW = "outside_window"  # cast outside the law's window, or the law is closed
 
 
 class Rejection(BaseModel):

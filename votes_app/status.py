@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from votes_app import metrics, tallies
+from votes_app import laws, metrics, tallies
 from votes_app.ballot_box import voter_roll_size
 from votes_app.celery import ALL_QUEUES, VALIDATION, app
 from votes_app.models import Ballot
@@ -69,16 +70,21 @@ def refresh_gauges() -> None:
     with session_scope() as session:
         measure.flush_lag.set(flush_lag_seconds(session=session, client=client))
         per_choice = tallies.results_by_law(session=session)
+        registered = laws.all_laws(session=session)
+    final = {law.law_id for law in registered if law.final}
     per_law: dict[str, int] = {}
     for (law_id, choice), count in per_choice.items():
         per_law[law_id] = per_law.get(law_id, 0) + count
-        if measure.current_vote_totals is not None:
-            measure.current_vote_totals.labels(law_id=law_id, choice=choice).set(count)
+        # Per choice while voting is open only where EXPORT_CHOICE_METRICS says so.
+        if measure.per_choice or law_id in final:
+            measure.choice_totals().labels(law_id=law_id, choice=choice).set(count)
     for law_id, count in per_law.items():
         measure.current_law_totals.labels(law_id=law_id).set(count)
-    roll = voter_roll_size(client)
-    measure.voter_roll_size.set(roll)
-    measure.voter_roll_missing.set(0 if roll else 1)
+    now = datetime.now(UTC)
+    open_laws = [law.law_id for law in registered if law.state_at(now) == "open"]
+    rolls = {law_id: voter_roll_size(client, law_id) for law_id in open_laws}
+    measure.voter_roll_size.set(sum(rolls.values()))
+    measure.voter_roll_missing.set(1 if not all(rolls.values()) else 0)
     depths = queue_depths()
     for queue, depth in depths.items():
         measure.queue_depth.labels(queue=queue).set(depth)

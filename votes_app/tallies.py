@@ -1,9 +1,10 @@
 """Tallies: the ballots not yet counted, added to `vote_results` by a flush, each exactly once.
 
 PostgreSQL alone decides whether a ballot has been counted. A flush marks every uncounted
-ballot it can lock with its batch id and adds the marked ballots to `vote_results`, in one
-transaction: a ballot is counted once however many flushes run, whatever crashes, and a
-ballot no flush has seen yet waits for the next one, never longer.
+ballot it can lock with a batch id, adds the marked ballots to `vote_results` and extends
+each law's hash chain (`votes_app.chain`), in one transaction: a ballot is counted once
+however many flushes run, whatever crashes, and a ballot no flush has seen yet waits for the
+next one, never longer.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import Field, StringConstraints, TypeAdapter
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from votes_app import metrics
+from votes_app import chain, laws, metrics
 from votes_app.models import Ballot, TallyBatch, VoteResult, vote_statistics
 from votes_app.schemas import LAW_ID_PATTERN, Choice
 
@@ -36,9 +37,34 @@ RECORDED: TypeAdapter[dict[str, dict[str, int]]] = TypeAdapter(
 MARK_CHUNK = 200_000
 
 
+# One flush at a time (a transaction-level advisory lock): each extends the laws' chains
+# from the link the last one left.
+FLUSH_LOCK = 0x766F746573  # "votes"
+
+_MARK = sa.text(
+    f"""
+    WITH picked AS MATERIALIZED (
+        -- Materialized: run once. As `ballot_id IN (subquery)` the planner may run the
+        -- subquery again per row, and mark far more than `limit`.
+        SELECT ballot_id FROM ballots WHERE tally_batch IS NULL
+        LIMIT :limit FOR UPDATE SKIP LOCKED
+    ), marked AS (
+        UPDATE ballots SET tally_batch = :batch_id FROM picked
+        WHERE ballots.ballot_id = picked.ballot_id AND ballots.tally_batch IS NULL
+        RETURNING ballots.ballot_id, ballots.law_id, ballots.choice
+    )
+    SELECT law_id,
+           count(*) FILTER (WHERE choice = 'oui') AS oui,
+           count(*) FILTER (WHERE choice = 'non') AS non,
+           {chain.BALLOTS_DIGEST_SQL} AS digest
+    FROM marked GROUP BY law_id
+    """
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FlushResult:
-    batch_id: str
+    batch_ids: list[str]  # one batch per statement's worth of ballots
     counted: dict[tuple[str, str], int]  # (law_id, choice) -> ballots added to vote_results
 
     @property
@@ -46,27 +72,11 @@ class FlushResult:
         return sum(self.counted.values())
 
 
-def _mark(session: Session, batch_id: str, limit: int) -> Counter[tuple[str, str]]:
-    """Mark up to `limit` uncounted ballots as counted by this batch; how many per law and
-    choice. Locks ballot rows only: vote_results is touched once, afterwards."""
-    # Another flush marking at the same moment takes other rows instead of waiting.
-    uncounted = (
-        sa.select(Ballot.ballot_id)
-        .where(Ballot.tally_batch.is_(None))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    marked = (
-        sa.update(Ballot)
-        .values(tally_batch=batch_id)
-        .where(Ballot.tally_batch.is_(None), Ballot.ballot_id.in_(uncounted.scalar_subquery()))
-        .returning(Ballot.law_id, Ballot.choice)
-        .cte("marked")
-    )
-    per_choice = sa.select(marked.c.law_id, marked.c.choice, sa.func.count()).group_by(
-        marked.c.law_id, marked.c.choice
-    )
-    return Counter({(law_id, choice): n for law_id, choice, n in session.execute(per_choice)})
+def _mark(session: Session, batch_id: str, limit: int) -> dict[str, chain.Counted]:
+    """Mark up to `limit` uncounted ballots as counted by this batch; per law, how many of
+    each choice and their digest. Locks ballot rows only: vote_results is touched after."""
+    rows = session.execute(_MARK, {"batch_id": batch_id, "limit": limit})
+    return {row.law_id: chain.Counted(row.oui, row.non, row.digest) for row in rows}
 
 
 def _add_to_results(session: Session, counted: Counter[tuple[str, str]]) -> None:
@@ -92,35 +102,43 @@ def _add_to_results(session: Session, counted: Counter[tuple[str, str]]) -> None
 
 
 @metrics.database_operation("apply_tallies")
-def apply_batch(
-    *, session: Session, batch_id: str, chunk: int = MARK_CHUNK
-) -> Counter[tuple[str, str]]:
-    """Count every uncounted ballot this transaction can lock in `vote_results`, under
-    `batch_id`; what was added per law and choice (nothing: no batch is recorded).
+def count_waiting(*, session: Session, chunk: int = MARK_CHUNK) -> FlushResult | None:
+    """Count every ballot waiting, in this transaction: mark each with a batch id, add it
+    to `vote_results`, record the batch and extend each law's chain. None when none waits.
 
-    Every ballot committed before this runs and not locked by another flush is counted;
-    one committed meanwhile waits for the next flush.
+    Every ballot committed before a batch's statement runs, and not locked by another
+    transaction, is counted; one committed meanwhile waits for the next flush.
     """
+    session.execute(sa.select(sa.func.pg_advisory_xact_lock(FLUSH_LOCK)))
+    batch_ids: list[str] = []
     counted: Counter[tuple[str, str]] = Counter()
     while True:
-        marked = _mark(session, batch_id, chunk)
-        counted += marked
-        if sum(marked.values()) < chunk:
+        batch_id = uuid.uuid4().hex
+        per_law = _mark(session, batch_id, chunk)
+        if not per_law:
             break
-    if counted:
-        _add_to_results(session, counted)
+        batch: Counter[tuple[str, str]] = Counter()
+        for law_id, law_counted in per_law.items():
+            batch[(law_id, "oui")] += law_counted.oui
+            batch[(law_id, "non")] += law_counted.non
+        _add_to_results(session, batch)
         session.execute(
-            sa.insert(TallyBatch).values(batch_id=batch_id, vote_count=sum(counted.values()))
+            sa.insert(TallyBatch).values(batch_id=batch_id, vote_count=sum(batch.values()))
         )
-    return counted
+        chain.extend(session, batch_id=batch_id, per_law=per_law)
+        batch_ids.append(batch_id)
+        counted += batch
+        if sum(batch.values()) < chunk:
+            break
+    return FlushResult(batch_ids, dict(+counted)) if batch_ids else None
 
 
-def flush(*, session_scope: Callable[[], AbstractContextManager[Session]]) -> FlushResult | None:
+def flush(
+    *, session_scope: Callable[[], AbstractContextManager[Session]], chunk: int = MARK_CHUNK
+) -> FlushResult | None:
     """Count the ballots waiting, once; None when there were none."""
-    batch_id = uuid.uuid4().hex
     with session_scope() as session:
-        counted = apply_batch(session=session, batch_id=batch_id)
-    return FlushResult(batch_id, dict(counted)) if counted else None
+        return count_waiting(session=session, chunk=chunk)
 
 
 def results_by_law(*, session: Session) -> dict[tuple[str, str], int]:
@@ -140,3 +158,27 @@ def statistics(*, session: Session, law_id: str | None = None) -> list[sa.Row[An
     if law_id:
         query = query.where(vote_statistics.c.law_id == law_id)
     return list(session.execute(query))
+
+
+def recount(*, session: Session, law_id: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Set the law's `vote_results` to what its counted ballots say; `(before, after)` as
+    `(oui, non)`. Refused on a certified law (PostgreSQL refuses it too)."""
+    law = laws.get(session=session, law_id=law_id, lock=True)
+    if law.state == "certified":
+        raise laws.LawError(f"law {law_id} is certified: its tallies are final")
+    oui, non = session.execute(
+        sa.select(
+            sa.func.count().filter(Ballot.choice == "oui"),
+            sa.func.count().filter(Ballot.choice == "non"),
+        ).where(Ballot.law_id == law_id, Ballot.tally_batch.is_not(None))
+    ).one()
+    tallied = session.get(VoteResult, law_id)
+    before = (tallied.oui_count, tallied.non_count) if tallied else (0, 0)
+    upsert = pg_insert(VoteResult).values(law_id=law_id, oui_count=oui, non_count=non)
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[VoteResult.law_id],
+            set_={"oui_count": oui, "non_count": non, "updated_at": sa.func.now()},
+        )
+    )
+    return before, (int(oui), int(non))

@@ -138,7 +138,9 @@ def flush_tallies(self: Task[..., None]) -> None:
         logger.warning("gauges not refreshed: %s", dead_letters.describe(exc))
     if result is not None:
         measure.flush_votes.inc(result.vote_count)
-        logger.info("tallies flushed batch=%s counted=%d", result.batch_id, result.vote_count)
+        logger.info(
+            "tallies flushed batches=%s counted=%d", ",".join(result.batch_ids), result.vote_count
+        )
 
 
 @app.task(base=VotesTask, bind=True, name="votes_app.record_review", **RETRY_POLICY)

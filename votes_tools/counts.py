@@ -21,7 +21,7 @@ DUPLICATES = sa.select(_sum(DuplicateAttempt.attempt_count)).scalar_subquery()
 
 
 def reviewed(kind: str) -> Any:
-    """Occurrences of refused submissions of one kind (`invalid`, `malformed`)."""
+    """Occurrences of refused submissions of one kind (`invalid`, `malformed`, ...)."""
     return (
         sa.select(_sum(ReviewRecord.occurrences)).where(ReviewRecord.kind == kind).scalar_subquery()
     )
@@ -53,6 +53,8 @@ class Snapshot:
     duplicates: int
     invalid: int
     malformed: int
+    unknown_law: int
+    outside_window: int
 
     @classmethod
     def take(cls) -> Snapshot:
@@ -67,6 +69,8 @@ class Snapshot:
             DUPLICATES,
             reviewed("invalid"),
             reviewed("malformed"),
+            reviewed("unknown_law"),
+            reviewed("outside_window"),
         )
         with get_engine().connect() as connection:
             row = connection.execute(query).one()

@@ -1,8 +1,10 @@
 """The tools' namespaces: a database, a Redis index and a vhost of their own, which they wipe.
 
-`votes demo|bench|faults` run the tool again in a fresh interpreter whose DATABASE_URL,
-REDIS_URL and CELERY_BROKER_URL name the tool's namespace, never the application's: every
-setting then comes from that environment, as for an operator's worker.
+`votes demo|bench|faults` run the tool again in a fresh interpreter whose OWNER_DATABASE_URL,
+DATABASE_URL, REDIS_URL and CELERY_BROKER_URL name the tool's namespace, never the
+application's: every setting then comes from that environment, as for an operator's worker.
+The tool resets and runs the election with the owner's role; its workers connect as the
+application's role, `votes_app`, as in production.
 """
 
 from __future__ import annotations
@@ -15,22 +17,24 @@ from typing import Any, NoReturn
 import sqlalchemy as sa
 from alembic import command
 from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
 
 from votes_app.celery import ALL_QUEUES, app
 from votes_app.migrations import alembic_config
-from votes_app.resources import get_engine, get_redis
+from votes_app.resources import get_owner_engine, get_redis
 from votes_tools.processes import python, run
 
 # Set in the environment of a tool running on its namespace; `reset` wipes nothing without it.
 NAMESPACE_VARIABLE = "VOTES_TOOLS_NAMESPACE"
+APP_ROLE = "votes_app"  # the role the migrations make
 
 
 @dataclass(frozen=True, slots=True)
 class Namespace:
     """Database votes_NAME, Redis index `redis_index`, vhost votes_NAME.
 
-    NAME_DATABASE_URL, NAME_REDIS_URL and NAME_BROKER_URL (environment or `.env`) override
-    each of them.
+    NAME_DATABASE_URL (the owner's role), NAME_REDIS_URL and NAME_BROKER_URL (environment
+    or `.env`) override each of them.
     """
 
     name: str
@@ -49,6 +53,11 @@ class Namespace:
         for variable, default in defaults.items():
             override = configured.get(f"{prefix}_{variable.removeprefix('CELERY_')}")
             env[variable] = override or default
+        owner = make_url(env["DATABASE_URL"])
+        env["OWNER_DATABASE_URL"] = owner.render_as_string(hide_password=False)
+        env["DATABASE_URL"] = owner.set(
+            username=APP_ROLE, password=configured.get("APP_DATABASE_PASSWORD") or None
+        ).render_as_string(hide_password=False)
         return env
 
     def run(self, module: str, args: list[str]) -> NoReturn:
@@ -70,7 +79,7 @@ def reset() -> None:
             f"refusing to wipe the configured database: {NAMESPACE_VARIABLE} is not set "
             "(run the tool as `votes demo|bench|faults`)"
         )
-    with get_engine().begin() as connection:
+    with get_owner_engine().begin() as connection:
         connection.execute(sa.text("DROP SCHEMA public CASCADE"))
         connection.execute(sa.text("CREATE SCHEMA public"))
     command.upgrade(alembic_config(), "head")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 # The usual mix: of N messages, 5 % are second votes and 2 % come from hashes not on the roll.
 SECOND_VOTE_SHARE = 0.05
@@ -35,7 +36,8 @@ def law_ids(count: int) -> list[str]:
 class Workload:
     """Messages to publish, in order, and what a correct pipeline makes of them."""
 
-    roll: list[str]  # the voter hashes to load before publishing: one first vote each
+    laws: tuple[str, ...]  # the laws voted on: registered before publishing
+    roll: list[tuple[str, str]]  # (law_id, vote_hash) to load before: one first vote each
     messages: list[Message]
     expected: dict[tuple[str, str], int]  # (law, choice) -> votes counted: the first ones
     second: frozenset[str]  # voters who vote twice: refused as duplicates
@@ -44,7 +46,7 @@ class Workload:
     @property
     def accepted(self) -> frozenset[str]:
         """Each voter on the roll has exactly one vote accepted."""
-        return frozenset(self.roll)
+        return frozenset(vote_hash for _, vote_hash in self.roll)
 
     @property
     def sent_once(self) -> frozenset[str]:
@@ -75,14 +77,14 @@ def make_workload(
     rng = random.Random(f"{seed}|{tag}")
     laws_voted = law_ids(laws)
     stamp = datetime.now(UTC).isoformat()
-    roll: list[str] = []
+    roll: list[tuple[str, str]] = []
     expected: dict[tuple[str, str], int] = {}
     body: list[tuple[bool, dict[str, str]]] = []  # (on the roll, kwargs)
     for voter in range(voters):
         law_id = laws_voted[voter % laws]
         choice = rng.choice(("oui", "non"))
-        roll.append(voter_hash(voter, law_id, tag))
-        body.append((True, ballot(roll[-1], law_id, choice, stamp)))
+        roll.append((law_id, voter_hash(voter, law_id, tag)))
+        body.append((True, ballot(roll[-1][1], law_id, choice, stamp)))
         expected[(law_id, choice)] = expected.get((law_id, choice), 0) + 1
     strangers = [
         hashlib.sha256(f"not-on-the-roll|{tag}|{n}".encode()).hexdigest() for n in range(unknown)
@@ -101,11 +103,61 @@ def make_workload(
     rng.shuffle(tail)
     ordered = [kwargs for _, kwargs in body[:cut]] + tail
     return Workload(
+        laws=tuple(laws_voted),
         roll=roll,
         messages=[(f"{tag}-{n:07d}", kwargs) for n, kwargs in enumerate(ordered)],
         expected=expected,
         second=frozenset(kwargs["vote_hash"] for kwargs in again),
         unknown=frozenset(strangers),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Strays:
+    """Votes the election refuses, a third of each kind: cast before the window opened (by
+    voters on their law's roll), for a law that is not registered, and with a hash issued
+    for another law. None marks its voter as having voted."""
+
+    roll: list[tuple[str, str]]  # their voters' (law_id, vote_hash), loaded like any other
+    messages: list[Message]
+    expected: dict[str, int]  # review kind -> refusals
+
+
+# Not a law the tools register: a typo of theirs, as a producer makes it.
+UNKNOWN_LAW = "law-0O1"
+
+
+def make_strays(
+    laws: Sequence[str], count: int, *, opens_at: datetime, tag: str = "strays"
+) -> Strays:
+    """`count` votes (a multiple of 3) that must not count, over `laws` (at least two).
+
+    Their voters vote only these: each stray's voter is one no other vote comes from.
+    """
+    if count % 3 or len(laws) < 2:
+        raise ValueError("strays come in threes, over two laws at least")
+    early = (opens_at - timedelta(hours=1)).isoformat()
+    now = datetime.now(UTC).isoformat()
+    roll: list[tuple[str, str]] = []
+    messages: list[Message] = []
+    for n in range(count // 3):
+        law, other = laws[n % len(laws)], laws[(n + 1) % len(laws)]
+        before = voter_hash(n, law, f"{tag}-early")
+        theirs = voter_hash(n, other, f"{tag}-other")
+        roll += [(law, before), (other, theirs)]
+        messages += [
+            (f"{tag}-early-{n:05d}", ballot(before, law, "oui", early)),
+            (
+                f"{tag}-typo-{n:05d}",
+                ballot(voter_hash(n, UNKNOWN_LAW, tag), UNKNOWN_LAW, "oui", now),
+            ),
+            (f"{tag}-other-{n:05d}", ballot(theirs, law, "non", now)),
+        ]
+    third = count // 3
+    return Strays(
+        roll=roll,
+        messages=messages,
+        expected={"outside_window": third, "unknown_law": third, "invalid": third},
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from tests.conftest import TEST_DATABASE_URL
+from tests.conftest import TEST_OWNER_DATABASE_URL
 from tests.support import (
     Beat,
     Worker,
@@ -23,7 +23,7 @@ from tests.support import (
 @pytest.fixture(scope="session")
 def fresh_database() -> None:
     """Drop and re-create the test database once, then build it with `alembic upgrade head`."""
-    migrate_fresh_database(TEST_DATABASE_URL)
+    migrate_fresh_database(TEST_OWNER_DATABASE_URL)
 
 
 @pytest.fixture(autouse=True)

@@ -18,16 +18,30 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from tests.support import Worker, count_rows, load_roll, results, vote, voter_hash, wait_for
+from tests.support import (
+    Worker,
+    count_rows,
+    load_roll,
+    register_laws,
+    results,
+    vote,
+    voter_hash,
+    wait_for,
+)
 from votes_app import audit, reconcile, validation
 from votes_app.ballot_box import BallotBox, claim_key
 from votes_app.models import Ballot, VoteAudit
 from votes_app.resources import session_scope
 from votes_app.schemas import CastVote, Submission, Vote
-from votes_app.tallies import FlushResult, apply_batch, flush
+from votes_app.tallies import FlushResult, count_waiting, flush
 
 LAWS = ("law-001", "law-002", "law-003")
 CAST_AT = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def laws_on_the_ballot() -> None:
+    register_laws(*LAWS)
 
 
 @pytest.fixture
@@ -192,8 +206,9 @@ def test_waiting_ballots_become_vote_results(voters: Iterator[int]) -> None:
     assert result is not None
     assert (result.counted, result.vote_count) == (tally(votes), 30)
     assert results() == tally(votes)
-    assert batches() == {result.batch_id: 30}
-    assert set(marks()) == {result.batch_id}
+    [batch_id] = result.batch_ids
+    assert batches() == {batch_id: 30}
+    assert set(marks()) == {batch_id}
     assert flush(session_scope=session_scope) is None
     assert_each_ballot_counted_once()
 
@@ -216,10 +231,12 @@ def test_a_backlog_larger_than_a_statement_is_counted_in_one_flush(
     votes = record(voters, 50)
 
     with session_scope() as session:
-        counted = apply_batch(session=session, batch_id="backlog", chunk=7)
+        result = count_waiting(session=session, chunk=7)
 
-    assert counted == tally(votes)
-    assert batches() == {"backlog": 50}
+    assert result is not None and result.counted == tally(votes)
+    # A batch per statement: seven full ones and the last one.
+    assert sorted(batches().values()) == [1] + [7] * 7
+    assert set(batches()) == set(result.batch_ids)
     assert_each_ballot_counted_once()
 
 
@@ -276,7 +293,8 @@ def test_a_flush_that_dies_before_its_commit_leaves_every_ballot_to_the_next(
     votes = record(voters, 20)
 
     with pytest.raises(RuntimeError, match="killed"), session_scope() as session:
-        assert apply_batch(session=session, batch_id="lost") == tally(votes)
+        lost = count_waiting(session=session)
+        assert lost is not None and lost.counted == tally(votes)
         raise RuntimeError("killed between the marks and the commit")
 
     assert (results(), batches(), set(marks())) == ({}, {}, {None})
@@ -317,7 +335,8 @@ def test_concurrent_flushes_count_each_ballot_once(voters: Iterator[int]) -> Non
     assert_each_ballot_counted_once()
     assert sum(result.vote_count for result in flushed) == len(recorded)
     # Every flush reported exactly what it marked.
-    assert {r.batch_id: r.counted for r in flushed} == marked_by_batch()
+    assert {b for r in flushed for b in r.batch_ids} == set(marked_by_batch())
+    assert sum((Counter(r.counted) for r in flushed), Counter()) == Counter(tally(recorded))
 
 
 def test_a_flush_skips_the_ballots_another_holds_and_the_next_counts_them(

@@ -13,16 +13,18 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
 
-from tests.conftest import TEST_DATABASE_URL
-from tests.support import alembic_downgrade, alembic_upgrade
+from tests.conftest import TEST_OWNER_DATABASE_URL
+from tests.support import alembic_downgrade, alembic_upgrade, register_laws
 from votes_app.migrations import alembic_config
 from votes_app.models import Ballot, Base, VoteAudit, VoteResult
+from votes_app.validation import LAW_NOT_OPEN
 
 # The pid keeps two suites running side by side off each other's scratch database.
-SCRATCH_URL = make_url(TEST_DATABASE_URL).set(
-    database=f"{make_url(TEST_DATABASE_URL).database}_migrations_{os.getpid()}"
+SCRATCH_URL = make_url(TEST_OWNER_DATABASE_URL).set(
+    database=f"{make_url(TEST_OWNER_DATABASE_URL).database}_migrations_{os.getpid()}"
 )
 
 
@@ -161,12 +163,12 @@ def test_the_secret_ballot_migration_keeps_every_vote_and_drops_the_link(scratch
     )
     assert sorted(row.vote_hash for row in back) == sorted(h for h, _, _, _ in LINKED_VOTES)
     assert counts([(law, choice, counted) for _, law, choice, counted in back]) == before
-    alembic_upgrade(scratch_url, "head")
+    alembic_upgrade(scratch_url, "0002")
     assert current_revision(scratch_url) == "0002"
 
 
 def test_the_downgrade_refuses_voters_and_ballots_that_do_not_match(scratch_url: str) -> None:
-    alembic_upgrade(scratch_url, "head")
+    alembic_upgrade(scratch_url, "0002")
     execute(
         scratch_url,
         "INSERT INTO vote_audit (vote_hash, law_id, voted_at, task_id)"
@@ -177,6 +179,57 @@ def test_the_downgrade_refuses_voters_and_ballots_that_do_not_match(scratch_url:
     with pytest.raises(sa.exc.InternalError, match="reconcile before downgrading"):
         alembic_downgrade(scratch_url, "0001")
     assert current_revision(scratch_url) == "0002"
+
+
+# --- 0003: the lifecycle, on a database that holds votes -------------------------------------
+
+
+def test_the_lifecycle_migration_registers_the_laws_voted_on_and_chains_their_count(
+    scratch_url: str,
+) -> None:
+    from votes_app import laws, verification
+
+    alembic_upgrade(scratch_url, "0002")
+    execute(scratch_url, "INSERT INTO tally_batches (batch_id, vote_count) VALUES ('b1', 3)")
+    execute(
+        scratch_url,
+        "INSERT INTO ballots (law_id, choice, tally_batch) VALUES (:law, :choice, :batch)",
+        [
+            {"law": law, "choice": choice, "batch": batch}
+            for law, choice, batch in [
+                ("law-001", "oui", "b1"),
+                ("law-001", "non", "b1"),
+                ("law-002", "oui", "b1"),
+                ("law-002", "non", None),
+            ]
+        ],  # fmt: skip
+    )
+    execute(
+        scratch_url,
+        "INSERT INTO vote_audit (vote_hash, law_id, voted_at, task_id)"
+        " VALUES (:h, :law, now(), :h)",
+        [{"h": f"{n:064x}", "law": ("law-001", "law-002")[n // 2]} for n in range(4)],
+    )
+    execute(
+        scratch_url,
+        "INSERT INTO vote_results (law_id, oui_count, non_count) VALUES"
+        " ('law-001', 1, 1), ('law-002', 1, 0)",
+    )
+
+    alembic_upgrade(scratch_url, "0003")
+
+    engine = sa.create_engine(scratch_url, poolclass=sa.NullPool)
+    try:
+        with Session(engine) as session:
+            registered = laws.all_laws(session=session)
+            assert [law.law_id for law in registered] == ["law-001", "law-002"]
+            assert all(law.state == "scheduled" for law in registered)
+            for law in registered:
+                assert verification.verify_law(session=session, law=law, roll_check=None) == []
+    finally:
+        engine.dispose()
+    alembic_downgrade(scratch_url, "0002")
+    alembic_upgrade(scratch_url, "head")
 
 
 # --- constraints, on the suite's migrated database ----------------------------------------
@@ -191,12 +244,17 @@ GOOD_BALLOT: dict[str, Any] = {"law_id": "law-001", "choice": "oui"}
 GOOD_RESULT: dict[str, Any] = {"law_id": "law-001", "oui_count": 3, "non_count": 2}
 
 
+@pytest.fixture
+def laws_on_the_ballot() -> None:
+    register_laws("law-001", "law-002")
+
+
 def insert(engine: sa.Engine, table: type[Any], row: dict[str, Any]) -> None:
     with engine.begin() as connection:
         connection.execute(sa.insert(table).values(**row))
 
 
-def test_good_rows_are_accepted(engine: sa.Engine) -> None:
+def test_good_rows_are_accepted(engine: sa.Engine, laws_on_the_ballot: None) -> None:
     # The control for the refusals below: only the one bad value differs.
     insert(engine, VoteAudit, GOOD_AUDIT)
     insert(engine, Ballot, GOOD_BALLOT)
@@ -227,13 +285,20 @@ BAD_ROWS = {
 
 @pytest.mark.parametrize(("table", "good", "bad"), BAD_ROWS.values(), ids=BAD_ROWS.keys())
 def test_constraints_refuse_bad_rows(
-    engine: sa.Engine, table: type[Any], good: dict[str, Any], bad: dict[str, Any]
+    engine: sa.Engine,
+    laws_on_the_ballot: None,
+    table: type[Any],
+    good: dict[str, Any],
+    bad: dict[str, Any],
 ) -> None:
-    with pytest.raises(IntegrityError):
+    with pytest.raises(DBAPIError) as refused:
         insert(engine, table, {**good, **bad})
+    # A constraint (class 23), or for a vote naming no open law, the trigger that refuses it.
+    code = refused.value.orig.pgcode  # type: ignore[union-attr]
+    assert code.startswith("23") or code == LAW_NOT_OPEN
 
 
-def test_one_audit_row_per_vote_hash(engine: sa.Engine) -> None:
+def test_one_audit_row_per_vote_hash(engine: sa.Engine, laws_on_the_ballot: None) -> None:
     insert(engine, VoteAudit, GOOD_AUDIT)
 
     with pytest.raises(IntegrityError):
@@ -261,6 +326,7 @@ def percent(part: int, total: int) -> Decimal:
 
 
 def test_vote_statistics_arithmetic(engine: sa.Engine) -> None:
+    register_laws(*(law for law, _, _ in RESULTS))
     with engine.begin() as connection:
         connection.execute(
             sa.insert(VoteResult),

@@ -18,6 +18,7 @@ from tests.support import (
     TIMESTAMP,
     load_roll,
     publish,
+    register_laws,
     results,
     run_votes,
     vote,
@@ -189,9 +190,10 @@ def _answers(port: int) -> bool:
 
 
 def test_health_reports_each_dependency(tmp_path: Path) -> None:
+    register_laws(LAWS[0])  # open, and no roll for it yet
     missing_roll = run_votes("health", "--skip", "workers", "--skip", "beat")
     assert missing_roll.returncode == 1
-    assert "voter roll is missing" in missing_roll.stdout
+    assert f"no voter roll for {LAWS[0]}" in missing_roll.stdout
 
     load_roll([voter_hash(1, LAWS[0])])
     with Worker(tmp_path / "worker.log", name="healthy@%h"), Beat(tmp_path):

@@ -45,7 +45,7 @@ def test_a_live_claim_is_not_taken_over(redis_client: redis.Redis) -> None:
     box = BallotBox(redis_client, claim_ttl_seconds=3600)
     h = voter_hash(2, LAW)
     load_roll([h])
-    assert box.claim([(h, "first")]) == ["claimed"]  # in flight, not yet committed
+    assert box.claim([(h, "first", LAW)]) == ["claimed"]  # in flight, not yet committed
 
     recorded, refused = run(box, Submission("second", (), vote(h, LAW, "non")))
 

@@ -3,8 +3,11 @@ them, and how they are dealt to producers."""
 
 from __future__ import annotations
 
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
 from votes_tools.publishing import deal
-from votes_tools.workload import mix, mixed_workload, voter
+from votes_tools.workload import make_strays, mix, mixed_workload, voter
 
 
 def test_the_mix_is_five_percent_second_votes_and_two_percent_unknown() -> None:
@@ -17,11 +20,11 @@ def test_the_workload_holds_the_mix_and_counts_only_first_votes() -> None:
 
     firsts, seconds, unknown = mix(10_000)
     assert len(workload.messages) == 10_000
-    assert len(workload.roll) == len(set(workload.roll)) == firsts
+    assert len(workload.roll) == len(workload.accepted) == firsts
     assert (len(workload.second), len(workload.unknown)) == (seconds, unknown)
     assert sum(workload.expected.values()) == firsts
     assert len({task_id for task_id, _ in workload.messages}) == 10_000
-    on_roll = set(workload.roll)
+    on_roll = workload.accepted
     strangers = [kwargs for _, kwargs in workload.messages if kwargs["vote_hash"] not in on_roll]
     assert len(strangers) == unknown
 
@@ -49,7 +52,7 @@ def test_the_expected_tallies_follow_the_first_votes() -> None:
 
     counted: dict[tuple[str, str], int] = {}
     seen: set[str] = set()
-    on_roll = set(workload.roll)
+    on_roll = workload.accepted
     for _, kwargs in workload.messages:
         if kwargs["vote_hash"] in on_roll and kwargs["vote_hash"] not in seen:
             seen.add(kwargs["vote_hash"])
@@ -61,8 +64,37 @@ def test_the_expected_tallies_follow_the_first_votes() -> None:
 def test_workloads_of_different_runs_share_no_voter_and_no_task_id() -> None:
     one, other = mixed_workload(1_000, laws=2, tag="a"), mixed_workload(1_000, laws=2, tag="b")
 
-    assert not set(one.roll) & set(other.roll)
+    assert not one.accepted & other.accepted
     assert not {t for t, _ in one.messages} & {t for t, _ in other.messages}
+
+
+def test_each_voter_is_on_the_roll_of_the_law_it_votes_on() -> None:
+    workload = mixed_workload(3_000, laws=3, tag="t")
+
+    law_of = {vote_hash: law for law, vote_hash in workload.roll}
+    on_roll = [kwargs for _, kwargs in workload.messages if kwargs["vote_hash"] in law_of]
+    assert all(law_of[kwargs["vote_hash"]] == kwargs["law_id"] for kwargs in on_roll)
+    assert {law for law, _ in workload.roll} == set(workload.laws)
+
+
+def test_strays_are_each_refused_for_their_own_reason() -> None:
+    laws = ("law-001", "law-002")
+    opens = datetime.now(UTC) - timedelta(minutes=1)
+    strays = make_strays(laws, 30, opens_at=opens, tag="t")
+
+    assert strays.expected == {"outside_window": 10, "unknown_law": 10, "invalid": 10}
+    law_of = {vote_hash: law for law, vote_hash in strays.roll}
+    kinds: Counter[str] = Counter()
+    for _, kwargs in strays.messages:
+        if kwargs["law_id"] not in laws:
+            kinds["unknown_law"] += 1
+        elif datetime.fromisoformat(kwargs["timestamp"]) < opens:
+            assert law_of[kwargs["vote_hash"]] == kwargs["law_id"]  # on its own roll
+            kinds["outside_window"] += 1
+        else:
+            assert law_of[kwargs["vote_hash"]] != kwargs["law_id"]  # another law's hash
+            kinds["invalid"] += 1
+    assert kinds == strays.expected
 
 
 def test_the_same_tag_gives_the_same_votes() -> None:

@@ -90,5 +90,5 @@ def test_a_good_aggregation_message_is_read_as_sent() -> None:
 def test_vote_count_is_the_sum_of_what_was_counted() -> None:
     counted = {("law-001", "oui"): 4, ("law-001", "non"): 2, ("law-002", "oui"): 1}
 
-    assert FlushResult(batch_id="b1", counted=counted).vote_count == 7
-    assert FlushResult(batch_id="b2", counted={}).vote_count == 0
+    assert FlushResult(batch_ids=["b1", "b2"], counted=counted).vote_count == 7
+    assert FlushResult(batch_ids=[], counted={}).vote_count == 0

@@ -11,8 +11,10 @@ from importlib.metadata import EntryPoint, entry_points
 
 import click
 
+from votes_app.cli.auditing import export, recount, verify
 from votes_app.cli.dead import dead
 from votes_app.cli.health import health
+from votes_app.cli.laws import certify, close, laws_group
 from votes_app.cli.results import check_tallies, results
 from votes_app.cli.submit import submit
 from votes_app.cli.voters import voters
@@ -69,5 +71,18 @@ def main() -> None:
     """votes_app: count referendum votes exactly once."""
 
 
-for command in (voters, submit, results, check_tallies, health, dead):
+for command in (
+    laws_group,
+    voters,
+    submit,
+    results,
+    check_tallies,
+    close,
+    certify,
+    verify,
+    export,
+    recount,
+    health,
+    dead,
+):
     main.add_command(command)

@@ -7,7 +7,7 @@ import sys
 import click
 from rich.table import Table
 
-from votes_app.console import console, errors
+from votes_app.console import console, errors, print_table
 
 
 @click.group()
@@ -40,7 +40,7 @@ def list_letters(limit: int) -> None:
             letter.reason,
             letter.preview,
         )
-    console.print(table)
+    print_table(table)
 
 
 @dead.command("replay")

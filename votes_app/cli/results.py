@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 
 import click
 
-from votes_app.console import console, print_reconciliation, results_table
+from votes_app.console import console, print_reconciliation, print_table, results_table
 
 
 @click.command()
 @click.option("--law", "law_id", help="Only this law.")
 def results(law_id: str | None) -> None:
-    """The live tallies per law, from the `vote_statistics` view."""
-    from votes_app.resources import session_scope
-    from votes_app.tallies import statistics
+    """The tallies per law with the turnout (voters / roll); per choice once a law is closed."""
+    from votes_app import laws
+    from votes_app.ballot_box import voter_roll_size
+    from votes_app.resources import get_redis, session_scope
 
+    client = get_redis()
     with session_scope() as session:
-        rows = statistics(session=session, law_id=law_id)
-    if not rows:
-        console.print(f"no results yet for law {law_id}" if law_id else "no results yet")
+        registered = [law.law_id for law in laws.all_laws(session=session)]
+        rolls = {law: voter_roll_size(client, law) for law in registered}
+        standings = laws.standings(session=session, rolls=rolls)
+    if law_id:
+        standings = [standing for standing in standings if standing.law.law_id == law_id]
+    if not standings:
+        console.print(f"law {law_id} is not registered" if law_id else "no law is registered")
         return
-    console.print(results_table(rows))
+    print_table(results_table(standings, datetime.now(UTC)))
 
 
 @click.command("reconcile")

@@ -12,7 +12,7 @@ SCRIPT_LOCATION = "votes_app:migrations"
 
 
 def alembic_config(url: str | None = None) -> Config:
-    """An Alembic configuration of these migrations, on `url` or else on DATABASE_URL."""
+    """An Alembic configuration of these migrations, on `url` or else on OWNER_DATABASE_URL."""
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.set_main_option("path_separator", "os")

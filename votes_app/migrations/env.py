@@ -21,9 +21,9 @@ target_metadata = Base.metadata
 
 def database_url() -> str:
     # A caller (the test suite, `votes demo`) may hand over its own URL; otherwise the
-    # URL comes from DATABASE_URL, as for the application.
+    # URL is OWNER_DATABASE_URL: the owner's role makes the schema and the app's grants.
     url = config.attributes.get("database_url")
-    return str(url) if url else get_settings().database_url.get_secret_value()
+    return str(url) if url else get_settings().owner_database_url.get_secret_value()
 
 
 def run_migrations_offline() -> None:
@@ -38,7 +38,20 @@ def run_migrations_online() -> None:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():
             context.run_migrations()
+            set_app_password(connection)
     engine.dispose()
+
+
+def set_app_password(connection: sa.Connection) -> None:
+    """Give the application's role its password, from APP_DATABASE_PASSWORD, once the
+    migrations made the role."""
+    password = get_settings().app_database_password
+    role = connection.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = 'votes_app'"))
+    if password is not None and role:
+        # psycopg2 quotes the value into the statement: ALTER ROLE takes no bound parameters.
+        connection.exec_driver_sql(
+            "ALTER ROLE votes_app PASSWORD %s", (password.get_secret_value(),)
+        )
 
 
 if context.is_offline_mode():

@@ -12,19 +12,26 @@ from typing import Any
 import sqlalchemy as sa
 
 from votes_app import reconcile
-from votes_app.ballot_box import VALID_HASHES, load_voters, voter_roll_size
+from votes_app.ballot_box import roll_key, voter_roll_size
 from votes_app.config import get_settings
-from votes_app.resources import get_ballot_box, get_engine, get_redis, session_scope
+from votes_app.resources import (
+    get_ballot_box,
+    get_engine,
+    get_owner_engine,
+    get_redis,
+    session_scope,
+)
 from votes_app.schemas import Submission
 from votes_app.tallies import flush
 from votes_app.validation import validate
-from votes_tools import namespace
+from votes_tools import election, namespace
 from votes_tools.bench.display import Display
 from votes_tools.bench.pipeline import redis_key_bytes
 from votes_tools.bench.report import rate
 from votes_tools.processes import run_votes
 
 VALIDATE_ALONE_VOTES = 20_000
+ROLL_LAW = "law-001"  # the law of the bulk phases' voters
 
 # A backlog as an outage of beat leaves it: voters and their ballots recorded, none counted.
 FILL_VOTERS = """
@@ -48,23 +55,24 @@ def measure_voters_load(count: int, directory: Path, display: Display) -> dict[s
     """Time the real `votes voters load FILE` on `count` new hashes, from an empty Redis
     index: what an operator waits for, interpreter start included."""
     client = get_redis()
-    client.flushdb()
+    namespace.reset()
+    election.open_laws([ROLL_LAW])
     roll_file = directory / "voter-roll.txt"
     with roll_file.open("w") as out:
         for n in range(count):
             out.write(hashlib.sha256(f"bench-roll|{n}".encode()).hexdigest() + "\n")
     display.show("votes voters load", 0, count)
     started = time.monotonic()
-    done = run_votes("voters", "load", str(roll_file), timeout=None)
+    done = run_votes("voters", "load", "--law", ROLL_LAW, str(roll_file), timeout=None)
     seconds = time.monotonic() - started
     roll_file.unlink()
-    loaded = voter_roll_size(client)
+    loaded = voter_roll_size(client, ROLL_LAW)
     display.show("votes voters load", loaded, count)
     if done.returncode != 0 or loaded != count:
         raise RuntimeError(
             f"votes voters load: exit {done.returncode}, {loaded:,} loaded: {done.stderr[-500:]}"
         )
-    roll_bytes = redis_key_bytes(VALID_HASHES)[VALID_HASHES]
+    roll_bytes = redis_key_bytes(roll_key(ROLL_LAW))[roll_key(ROLL_LAW)]
     client.flushdb()
     return {
         "hashes": count,
@@ -82,14 +90,14 @@ def measure_validation(count: int, display: Display) -> dict[str, Any]:
     batch_size = get_settings().validate_batch_size
     namespace.reset()
     hashes = [hashlib.sha256(f"bench-validate|{n}".encode()).hexdigest() for n in range(count)]
-    for _ in load_voters(get_redis(), hashes):
-        pass
+    election.open_laws([ROLL_LAW])
+    election.load_roll((ROLL_LAW, h) for h in hashes)
     stamp = datetime.now(UTC).isoformat()
     submissions = [
         Submission(
             task_id=f"bench-validate-{n}",
             args=[],
-            kwargs={"vote_hash": h, "law_id": "law-001", "choice": "oui", "timestamp": stamp},
+            kwargs={"vote_hash": h, "law_id": ROLL_LAW, "choice": "oui", "timestamp": stamp},
         )
         for n, h in enumerate(hashes)
     ]
@@ -132,12 +140,15 @@ def measure_flush(count: int, laws: int, display: Display) -> dict[str, Any]:
     """One `tallies.flush` of `count` waiting ballots over `laws` laws, as after an outage
     of beat: voters and ballots filled by SQL, then one flush."""
     namespace.reset()
+    election.open_laws(f"law-{n:03d}" for n in range(1, laws + 1))
     display.show("flush: filling voters and ballots", 0, count)
     with get_engine().begin() as connection:
         for fill in (FILL_VOTERS, FILL_BALLOTS):
             connection.execute(sa.text(fill), {"laws": laws, "count": count})
     # Autovacuum analyzes tables that grew this much within a minute; do it now.
-    with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    with (
+        get_owner_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as connection
+    ):  # VACUUM: the tables' owner
         connection.execute(sa.text("VACUUM ANALYZE vote_audit, ballots"))
     display.show("flush: filling voters and ballots", count, count)
     before = ballot_sizes(count)

@@ -14,11 +14,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from votes_app import reconcile
-from votes_app.ballot_box import VALID_HASHES, VOTED_HASHES, load_voters
+from votes_app.ballot_box import VOTED_HASHES, roll_key
 from votes_app.celery import AGGREGATION, REVIEW, VALIDATION, WORK_QUEUES
 from votes_app.models import TallyBatch, VoteAudit
 from votes_app.resources import get_engine, get_redis, session_scope
 from votes_app.status import FLUSH_HEARTBEAT
+from votes_tools import election
 from votes_tools.bench.accounting import pipeline_memory
 from votes_tools.bench.display import Display
 from votes_tools.bench.options import BenchOptions
@@ -60,9 +61,10 @@ def start_pipeline(
     return workers, beat
 
 
-def load_roll(roll: Sequence[str]) -> None:
-    for _ in load_voters(get_redis(), roll):
-        pass
+def open_election(workload: Workload) -> None:
+    """Its laws registered, its voters on their laws' rolls."""
+    election.open_laws(workload.laws)
+    election.load_roll(workload.roll)
 
 
 def redis_key_bytes(*keys: str) -> dict[str, int]:
@@ -82,7 +84,7 @@ def measure_pipeline(
     """Workers and beat up for the throughput run, then the latency run: their figures go
     into `report`; returns the workloads published besides `workload`."""
     more: list[Workload] = []
-    load_roll(workload.roll)
+    open_election(workload)
     with ExitStack() as stack:
         workers, beat = start_pipeline(options, directory, stack)
         display.note(f"workers and beat started; logs in {directory}")
@@ -95,10 +97,12 @@ def measure_pipeline(
         }
         report["throughput"] = throughput
         # The throughput voters have all voted: their roll and voted set, exactly.
-        held = redis_key_bytes(VALID_HASHES, VOTED_HASHES)
+        rolls = [roll_key(law) for law in workload.laws]
+        held = redis_key_bytes(*rolls, VOTED_HASHES)
         report["redis"] = {
             "voters": len(workload.roll),
-            "roll_bytes": held[VALID_HASHES],
+            "laws": len(rolls),
+            "roll_bytes": sum(held[roll] for roll in rolls),
             "voted_bytes": held[VOTED_HASHES],
             "bytes_per_voter": sum(held.values()) / len(workload.roll),
         }
@@ -106,7 +110,7 @@ def measure_pipeline(
             return more
         offered = round(options.rate * options.latency_seconds)
         more.append(mixed_workload(offered, laws=options.laws, tag="latency"))
-        load_roll(more[0].roll)
+        open_election(more[0])
         everything = [workload, *more]
         goal = Totals(
             sum(len(w.roll) for w in everything),

@@ -10,7 +10,8 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import click
 import redis
@@ -20,6 +21,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.engine import make_url
 
+from votes_app.celery import DEAD, VALIDATION, VOTES_EXCHANGE, app, declare_dead_letters
 from votes_app.config import get_settings
 from votes_app.resources import get_redis
 from votes_tools.faults.options import BrokerRestart, RedisRestart
@@ -101,7 +103,7 @@ def broker_outage(mode: BrokerRestart, seconds: float) -> None:
 
 
 def database_name() -> str:
-    name = make_url(get_settings().database_url.get_secret_value()).database
+    name = make_url(get_settings().owner_database_url.get_secret_value()).database
     # The name goes into ALTER DATABASE, which takes no bound parameters.
     if not name or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise click.ClickException(f"database name {name!r} is not a plain identifier")
@@ -112,7 +114,7 @@ def database_outage(seconds: float) -> int:
     """Our database refuses connections and loses the ones it had, for `seconds`: what the
     application sees of a PostgreSQL restart, without stopping anyone else's database.
     Returns the number of connections terminated."""
-    url = make_url(get_settings().database_url.get_secret_value())
+    url = make_url(get_settings().owner_database_url.get_secret_value())
     admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     name = database_name()
     try:
@@ -193,3 +195,37 @@ def kill_main_process(worker: Worker) -> bool:
             os.killpg(worker.pid, signal.SIGKILL)
         return True
     return False
+
+
+def bury_votes(messages: Sequence[tuple[str, dict[str, Any]]]) -> int:
+    """Put `validate_vote` messages into votes.dead as RabbitMQ dead-letters what a worker
+    rejected from votes.validation: same task ids, an `x-death` header naming the queue."""
+    death = {
+        "count": 1,
+        "reason": "rejected",
+        "queue": VALIDATION,
+        "exchange": VOTES_EXCHANGE.name,
+        "routing-keys": [VALIDATION],
+        "time": datetime.now(UTC).replace(microsecond=0),
+    }
+    with app.connection_for_write() as connection:
+        declare_dead_letters(connection)
+        producer = connection.Producer()
+        for task_id, kwargs in messages:
+            producer.publish(
+                [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
+                exchange="",  # the default exchange: straight into votes.dead
+                routing_key=DEAD,
+                serializer="json",
+                delivery_mode=2,
+                headers={
+                    "lang": "py",
+                    "task": "votes_app.validate_vote",
+                    "id": task_id,
+                    "root_id": task_id,
+                    "parent_id": None,
+                    "retries": 0,
+                    "x-death": [death],
+                },
+            )
+    return len(messages)
