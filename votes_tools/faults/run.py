@@ -179,8 +179,13 @@ class ScenarioRun:
 
     def drained(self) -> bool:
         """Every vote decided and counted, nothing left to do in the work queues."""
+        return self.decided(counted=True)
+
+    def decided(self, *, counted: bool = False) -> bool:
+        """Every vote judged and nothing left to do in the work queues; the recorded votes
+        all counted too if `counted`."""
         now: Snapshot | None = polled(Snapshot.take, None)
-        if now is None or now.uncounted or now.audited < self.row.accepted:
+        if now is None or (counted and now.uncounted) or now.audited < self.row.accepted:
             return False
         if now.duplicates < self.row.expected_duplicates:
             return False

@@ -3,17 +3,23 @@ while the votes stream in; `run_scenario` runs one from an empty namespace."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from subprocess import CompletedProcess
 
-from votes_app.ballot_box import load_voters
-from votes_app.celery import WORK_QUEUES
-from votes_app.resources import get_redis
+import sqlalchemy as sa
+
+from votes_app import laws
+from votes_app.celery import DEAD, WORK_QUEUES
+from votes_app.models import Certification, VoteResult
+from votes_app.resources import session_scope
 from votes_app.status import queue_depths
-from votes_tools import namespace
+from votes_tools import election, namespace
 from votes_tools.counts import Snapshot
 from votes_tools.faults.injectors import (
     broker_outage,
+    bury_votes,
     database_outage,
     kill_main_process,
     kill_pool_process,
@@ -95,8 +101,8 @@ def redis_restarted_empty(run: ScenarioRun) -> None:
     wait_for(lambda: "voter roll missing" in run.logs(), timeout=120, what="votes to be held")
     held = wait_for(lambda: run.metric("votes_held_total"), timeout=60, what="held votes metric")
     run.row.evidence["votes_held"] = held
-    roll = run.directory / "voter-roll.txt"
-    roll.write_text("\n".join(run.workload.roll) + "\n")
+    roll = run.directory / "voter-roll.csv"
+    roll.write_text("".join(f"{law},{vote_hash}\n" for law, vote_hash in run.workload.roll))
     # As an operator would: the `votes` command, on this namespace.
     run_votes("voters", "load", str(roll), check=True, timeout=300)
     run_votes("voters", "rebuild-voted", check=True, timeout=300)
@@ -116,6 +122,85 @@ def terminate_worker(run: ScenarioRun) -> None:
         run.restart(worker)
 
 
+REPLAYED = 50  # recorded votes of the certified law that come back from votes.dead
+
+
+def close_and_certify(run: ScenarioRun) -> None:
+    """The lifecycle under faults. Beat dies as the stream ends, so votes of the first law wait
+    uncounted when `votes close` starts; a worker is SIGKILLed while the close waits for
+    them; beat comes back, and a flush counts them during the close. The law is certified;
+    then recorded votes of it come back from votes.dead and are replayed. Its certified
+    count must not move, and `votes verify` must agree."""
+    law = run.workload.laws[0]
+    run.wait_until_audited(0.8)
+    run.beat.kill()
+    wait_for(run.decided, timeout=run.options.drain_timeout, interval=0.5, what="every vote judged")
+    run.row.evidence["uncounted_at_close"] = waiting(law)
+
+    closing: list[CompletedProcess[str]] = []
+    closer = threading.Thread(
+        target=lambda: closing.append(run_votes("close", law, "--now", timeout=600)), daemon=True
+    )
+    closer.start()
+    wait_for(lambda: state(law) == "closed", timeout=60, what=f"{law} closed")
+    worker = run.workers[0]
+    kill_main_process(worker)
+    run.restart(worker)
+    run.row.evidence["workers_killed_during_close"] = 1
+    run.beat.start()
+    closer.join(timeout=600)
+    if not closing or closing[0].returncode != 0:
+        run.row.notes.append(f"votes close failed: {closing[0].stderr if closing else 'hung'}")
+        return
+    certified = run_votes("certify", law, timeout=300)
+    if certified.returncode != 0:
+        run.row.notes.append(f"votes certify failed: {certified.stderr}")
+        return
+    final = figures(law)
+    run.row.evidence["certified_votes"] = final[0] + final[1]
+
+    recorded = [message for message in run.workload.messages if message[1]["law_id"] == law]
+    run.row.evidence["replayed_after_certification"] = bury_votes(recorded[:REPLAYED])
+    run_votes("dead", "replay", "--all", check=True)
+    wait_for(
+        lambda: polled(queue_depths, {DEAD: 1})[DEAD] == 0 and run.decided(counted=True),
+        timeout=run.options.drain_timeout,
+        interval=0.5,
+        what="the replayed votes judged",
+    )
+    verified = run_votes("verify", law, timeout=300)
+    unchanged = figures(law) == final and verified.returncode == 0
+    run.row.evidence["certified_unchanged"] = int(unchanged)
+    if not unchanged:
+        run.row.notes.append(
+            f"{law} changed after certification: {final} then {figures(law)};"
+            f" verify: {verified.stderr.strip()}"
+        )
+
+
+def state(law_id: str) -> str:
+    with session_scope() as session:
+        return laws.get(session=session, law_id=law_id).state
+
+
+def waiting(law_id: str) -> int:
+    with session_scope() as session:
+        return laws.waiting(session=session, law_id=law_id)
+
+
+def figures(law_id: str) -> tuple[int, ...]:
+    """The law's tallies, then its certified counts (oui, non each)."""
+    with session_scope() as session:
+        tally = session.get(VoteResult, law_id)
+        certified = session.execute(
+            sa.select(Certification.oui_count, Certification.non_count).where(
+                Certification.law_id == law_id
+            )
+        ).one_or_none()
+    counts = (tally.oui_count, tally.non_count) if tally else (0, 0)
+    return counts + (tuple(certified) if certified else (-1, -1))
+
+
 SCENARIOS: dict[str, Scenario] = {
     "kill-workers": kill_workers,
     "kill-beat": kill_beat,
@@ -123,6 +208,7 @@ SCENARIOS: dict[str, Scenario] = {
     "postgresql-outage": postgresql_outage,
     "redis-restarted-empty": redis_restarted_empty,
     "sigterm-worker": terminate_worker,
+    "close-and-certify": close_and_certify,
 }
 
 
@@ -141,8 +227,8 @@ def run_scenario(
     if reset:
         namespace.reset()
     workload = scenario_workload(options)
-    for _ in load_voters(get_redis(), workload.roll):
-        pass
+    election.open_laws(workload.laws)
+    election.load_roll(workload.roll)
     run = ScenarioRun(name, options, workload)
     try:
         run.start()
