@@ -41,6 +41,7 @@ SERVICES = {
     "redis",
     "postgres",
     "migrate",
+    "votes",
     "worker-validation",
     "worker-aggregation",
     "beat",
@@ -291,8 +292,17 @@ def test_app_services_get_only_variables_the_app_reads(services: dict[str, Any])
 def test_every_app_service_reaches_what_it_needs(services: dict[str, Any]) -> None:
     apps = app_services(services)
 
-    assert set(apps) == {"migrate", "worker-validation", "worker-aggregation", "beat", "flower"}
-    assert "DATABASE_URL" in environment_of(apps["migrate"])
+    assert set(apps) == {
+        "migrate", "votes", "worker-validation", "worker-aggregation", "beat", "flower"
+    }  # fmt: skip
+    # The owner's role makes the schema and runs the lifecycle commands; workers use the
+    # application's, which the migrations made.
+    for name in ("migrate", "votes"):
+        assert {"OWNER_DATABASE_URL", "DATABASE_URL"} <= set(environment_of(apps[name]))
+    assert "APP_DATABASE_PASSWORD" in environment_of(apps["migrate"])
+    for name in ("worker-validation", "worker-aggregation"):
+        assert "OWNER_DATABASE_URL" not in environment_of(apps[name])
+        assert "//votes_app:" in environment_of(apps[name])["DATABASE_URL"]
     for name in ("worker-validation", "worker-aggregation"):
         assert {"CELERY_BROKER_URL", "REDIS_URL", "DATABASE_URL"} <= set(environment_of(apps[name]))
     for name in ("beat", "flower"):
@@ -590,6 +600,7 @@ DUMMY_SECRETS = {
     "REDIS_PASSWORD": "secret",
     "POSTGRES_USER": "votes",
     "POSTGRES_PASSWORD": "secret",
+    "APP_DATABASE_PASSWORD": "secret",
     "FLOWER_BASIC_AUTH": "admin:secret",
     "GRAFANA_ADMIN_PASSWORD": "secret",
 }
