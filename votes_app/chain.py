@@ -103,3 +103,14 @@ def head(session: Session, law_id: str) -> str:
         .limit(1)
     )
     return last or GENESIS
+
+
+def heads(session: Session) -> list[ChainLink]:
+    """Each law's last link, by law: the checkpoints to publish during the vote."""
+    return list(
+        session.scalars(
+            sa.select(ChainLink)
+            .distinct(ChainLink.law_id)
+            .order_by(ChainLink.law_id, ChainLink.seq.desc())
+        )
+    )

@@ -52,10 +52,11 @@ class Scenario:
 @click.option("--second-votes", default=Scenario.second_votes, show_default=True)
 @click.option("--unknown", default=Scenario.unknown, show_default=True)
 @click.option(
-    "--timeout", default=Scenario.timeout, show_default=True, help="Seconds to wait for tallies."
+    "--timeout", default=Scenario.timeout, show_default=True, help="Seconds to wait for the count."
 )
 def demo(voter_count: int, law_count: int, second_votes: int, unknown: int, timeout: float) -> None:
-    """Run the whole pipeline on a namespace of its own and check the result.
+    """Run an election on a namespace of its own: register the laws, load their rolls, vote
+    (strays included), close, certify, verify, export and recount; exit 1 if a step fails.
 
     The demo wipes and uses DEMO_DATABASE_URL (default database votes_demo), DEMO_REDIS_URL
     (Redis index 1) and DEMO_BROKER_URL (vhost votes_demo), never the application's own.

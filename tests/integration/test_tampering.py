@@ -229,6 +229,27 @@ def test_a_checkpoint_that_was_published_still_verifies(counted: None) -> None:
     assert checked.returncode == 0, checked.stderr
 
 
+def test_votes_checkpoint_prints_what_verify_then_checks(counted: None) -> None:
+    printed = run_votes("checkpoint", LAW, check=True).stdout.split()
+    published = printed[-1]  # LAW=HASH, as `--published` takes it
+    assert printed[:3] == [LAW, "link", str(len(ROUNDS))]
+
+    assert run_votes("verify", LAW, "--published", published).returncode == 0
+    rewrite_everything()
+    refused = run_votes("verify", LAW, "--published", published)
+    assert refused.returncode == 1 and "does not pass through the published checkpoint" in (
+        refused.stderr
+    )
+
+
+def test_verify_refuses_a_checkpoint_of_a_law_it_does_not_verify(counted: None) -> None:
+    published = run_votes("checkpoint", OTHER, check=True).stdout.split()[-1]
+
+    refused = run_votes("verify", LAW, "--published", published)
+
+    assert refused.returncode == 2 and OTHER in refused.stderr
+
+
 APP_MAY_NOT = {
     "flip a choice": "UPDATE ballots SET choice = 'non'",
     "move a ballot to another law": f"UPDATE ballots SET law_id = '{OTHER}'",

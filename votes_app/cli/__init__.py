@@ -11,7 +11,7 @@ from importlib.metadata import EntryPoint, entry_points
 
 import click
 
-from votes_app.cli.auditing import export, recount, verify
+from votes_app.cli.auditing import checkpoint, export, recount, verify
 from votes_app.cli.dead import dead
 from votes_app.cli.health import health
 from votes_app.cli.laws import certify, close, laws_group
@@ -79,6 +79,7 @@ for command in (
     check_tallies,
     close,
     certify,
+    checkpoint,
     verify,
     export,
     recount,

@@ -81,6 +81,28 @@ def verify(law_ids: tuple[str, ...], published: tuple[str, ...]) -> None:
 
 
 @click.command()
+@click.argument("law_ids", nargs=-1)
+def checkpoint(law_ids: tuple[str, ...]) -> None:
+    """Print the last link hash of each law's chain (of LAW_IDS only, if given), to publish
+    outside the system during the vote: `votes verify --published LAW=HASH` then checks that
+    the chain still passes through it (docs/AUDIT.md)."""
+    from votes_app import chain
+    from votes_app.resources import session_scope
+
+    with session_scope() as session:
+        links = [link for link in chain.heads(session) if not law_ids or link.law_id in law_ids]
+    if not links:
+        errors.print("no link yet: nothing has been counted")
+        sys.exit(1)
+    for link in links:
+        console.print(
+            f"{link.law_id} link {link.seq} of {link.linked_at.isoformat(timespec='seconds')}:"
+            f" {link.law_id}={link.link_hash}",
+            highlight=False,
+        )
+
+
+@click.command()
 @click.argument("law_id")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def export(law_id: str, directory: Path) -> None:

@@ -20,7 +20,7 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    # A caller (the test suite, `votes demo`) may hand over its own URL; otherwise the
+    # A caller (the test suite) may hand over its own URL; otherwise the
     # URL is OWNER_DATABASE_URL: the owner's role makes the schema and the app's grants.
     url = config.attributes.get("database_url")
     return str(url) if url else get_settings().owner_database_url.get_secret_value()

@@ -68,7 +68,8 @@ def faults(**params: Any) -> None:
     """The fault campaign: kills, restarts and outages while votes stream in.
 
     One table row per scenario; exit code 1 if any vote is lost, counted twice, wrongly
-    refused or left in votes.dead. Runs on a namespace of its own: FAULTS_DATABASE_URL
+    refused or left in votes.dead, or if a law's close or certification fails or its
+    certified count moves (close-and-certify). Runs on a namespace of its own: FAULTS_DATABASE_URL
     (default database votes_faults), FAULTS_REDIS_URL (Redis index 3), FAULTS_BROKER_URL
     (vhost votes_faults), wiped before each scenario.
     """

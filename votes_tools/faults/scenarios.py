@@ -159,7 +159,11 @@ def close_and_certify(run: ScenarioRun) -> None:
     final = figures(law)
     run.row.evidence["certified_votes"] = final[0] + final[1]
 
-    recorded = [message for message in run.workload.messages if message[1]["law_id"] == law]
+    recorded = [
+        (task_id, kwargs)
+        for task_id, kwargs in run.workload.messages
+        if kwargs["law_id"] == law and kwargs["vote_hash"] in run.workload.accepted
+    ]
     run.row.evidence["replayed_after_certification"] = bury_votes(recorded[:REPLAYED])
     run_votes("dead", "replay", "--all", check=True)
     wait_for(
