@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 
 help:
 	@echo "make test     run the test suite against local RabbitMQ, Redis and PostgreSQL"
-	@echo "make demo     run the pipeline end to end on 10,700 votes and reconcile"
+	@echo "make demo     run an election end to end on 10,850 votes: vote, close, certify, verify, recount"
 	@echo "make lint     ruff, mypy and the import contracts (lint-imports)"
 	@echo "make bench    throughput and latency on 100,000 votes (a few minutes)"
 	@echo "make faults   the fault campaign: kills, restarts, outages (several minutes)"
-	@echo "make migrate  alembic upgrade head on DATABASE_URL"
+	@echo "make migrate  alembic upgrade head on OWNER_DATABASE_URL"
 	@echo "make worker   a worker on all three queues; make beat: the flush scheduler"
 	@echo "make flower   Flower on 127.0.0.1:5555 (needs FLOWER_BASIC_AUTH=user:password)"
 	@echo "make up/down  the whole stack with docker compose (see deploy/README.md)"
