@@ -295,6 +295,15 @@ def voter_roll_size(client: redis.Redis, law_id: str) -> int:
     return int(client.scard(roll_key(law_id)))
 
 
+def roll_sizes(client: redis.Redis, law_ids: Iterable[str]) -> dict[str, int]:
+    """The hashes on each law's roll (0: no roll), in one round trip."""
+    law_ids = list(law_ids)
+    pipe = client.pipeline(transaction=False)
+    for law_id in law_ids:
+        pipe.scard(roll_key(law_id))
+    return {law_id: int(size) for law_id, size in zip(law_ids, pipe.execute(), strict=True)}
+
+
 def on_roll(client: redis.Redis, law_id: str, hashes: Sequence[str]) -> list[bool] | None:
     """Which of `hashes` are on the law's roll, in order; None when the roll is not there."""
     roll = roll_key(law_id)

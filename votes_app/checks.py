@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from votes_app import laws
-from votes_app.ballot_box import legacy_roll_size, voter_roll_size
+from votes_app.ballot_box import legacy_roll_size, roll_sizes
 from votes_app.celery import app
 from votes_app.config import get_settings
 from votes_app.migrations import alembic_config
@@ -38,9 +38,8 @@ def check_redis() -> Check:
     client.ping()
     with session_scope() as session:
         registered = laws.all_laws(session=session)
-    now = datetime.now(UTC)
-    open_laws = [law.law_id for law in registered if law.state_at(now) == "open"]
-    rolls = {law_id: voter_roll_size(client, law_id) for law_id in open_laws}
+    open_laws = laws.open_at(registered, datetime.now(UTC))
+    rolls = roll_sizes(client, open_laws)
     legacy = legacy_roll_size(client)
     note = f"; valid_hashes, a roll without laws ({legacy:,} hashes), is not read" if legacy else ""
     if missing := sorted(law_id for law_id, size in rolls.items() if not size):

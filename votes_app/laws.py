@@ -11,7 +11,7 @@ the window; refused otherwise, as `unknown_law` or `outside_window`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -54,6 +54,11 @@ class Registered:
     def final(self) -> bool:
         """Closed or certified: its per-choice figures may be published."""
         return self.state in ("closed", "certified")
+
+
+def open_at(registered: Iterable[Registered], now: datetime) -> list[str]:
+    """The ids of the laws open at `now`: the ones whose votes need a roll."""
+    return [law.law_id for law in registered if law.state_at(now) == "open"]
 
 
 def lookup(*, session: Session, law_ids: Collection[str]) -> dict[str, Registered]:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from votes_app import laws, metrics, tallies
-from votes_app.ballot_box import voter_roll_size
+from votes_app.ballot_box import roll_sizes
 from votes_app.celery import ALL_QUEUES, VALIDATION, app
 from votes_app.models import Ballot
 from votes_app.resources import get_redis, session_scope
@@ -80,9 +80,7 @@ def refresh_gauges() -> None:
             measure.choice_totals().labels(law_id=law_id, choice=choice).set(count)
     for law_id, count in per_law.items():
         measure.current_law_totals.labels(law_id=law_id).set(count)
-    now = datetime.now(UTC)
-    open_laws = [law.law_id for law in registered if law.state_at(now) == "open"]
-    rolls = {law_id: voter_roll_size(client, law_id) for law_id in open_laws}
+    rolls = roll_sizes(client, laws.open_at(registered, datetime.now(UTC)))
     measure.voter_roll_size.set(sum(rolls.values()))
     measure.voter_roll_missing.set(1 if not all(rolls.values()) else 0)
     depths = queue_depths()

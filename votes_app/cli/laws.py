@@ -110,8 +110,8 @@ def close(law_id: str, early: bool, timeout: float, abandon_dead_letters: bool) 
     window ends, unless --now, and while votes for it wait in votes.dead, unless
     --abandon-dead-letters. On a closed law, waits for its count and prints it again."""
     from votes_app import laws
-    from votes_app.ballot_box import voter_roll_size
-    from votes_app.resources import get_redis, owner_session_scope, session_scope
+    from votes_app.cli.results import current_standings
+    from votes_app.resources import owner_session_scope, session_scope
 
     try:
         with owner_session_scope() as session:
@@ -140,11 +140,8 @@ def close(law_id: str, early: bool, timeout: float, abandon_dead_letters: bool) 
             )
             sys.exit(1)
         time.sleep(0.5)  # polling the flush that beat sends every FLUSH_INTERVAL_SECONDS
-    with session_scope() as session:
-        rolls = {law_id: voter_roll_size(get_redis(), law_id)}
-        standing = [s for s in laws.standings(session=session, rolls=rolls)
-                    if s.law.law_id == law_id]  # fmt: skip
-    print_table(results_table(standing, datetime.now(UTC), title=f"Final result of {law_id}"))
+    final = current_standings(law_id)
+    print_table(results_table(final, datetime.now(UTC), title=f"Final result of {law_id}"))
 
 
 def refuse_if_votes_are_dead(law_id: str) -> None:

@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from votes_app.console import console, print_reconciliation, print_table, results_table
+
+if TYPE_CHECKING:
+    from votes_app.laws import Standing
+
+
+def current_standings(law_id: str | None = None) -> list[Standing]:
+    """Where every law stands (only `law_id`, if given), its roll's size from Redis."""
+    from votes_app import laws
+    from votes_app.ballot_box import roll_sizes
+    from votes_app.resources import get_redis, session_scope
+
+    with session_scope() as session:
+        registered = [law.law_id for law in laws.all_laws(session=session)]
+        rolls = roll_sizes(get_redis(), [law_id] if law_id else registered)
+        standings = laws.standings(session=session, rolls=rolls)
+    return [s for s in standings if not law_id or s.law.law_id == law_id]
 
 
 @click.command()
 @click.option("--law", "law_id", help="Only this law.")
 def results(law_id: str | None) -> None:
     """The tallies per law with the turnout (voters / roll); per choice once a law is closed."""
-    from votes_app import laws
-    from votes_app.ballot_box import voter_roll_size
-    from votes_app.resources import get_redis, session_scope
-
-    client = get_redis()
-    with session_scope() as session:
-        registered = [law.law_id for law in laws.all_laws(session=session)]
-        rolls = {law: voter_roll_size(client, law) for law in registered}
-        standings = laws.standings(session=session, rolls=rolls)
-    if law_id:
-        standings = [standing for standing in standings if standing.law.law_id == law_id]
+    standings = current_standings(law_id)
     if not standings:
         console.print(f"law {law_id} is not registered" if law_id else "no law is registered")
         return

@@ -64,7 +64,7 @@ def load(source: IO[str], law_id: str | None) -> None:
     (not a hash, a law not registered) are listed and the exit code is 1.
     """
     from votes_app import laws
-    from votes_app.ballot_box import load_rolls, voter_roll_size
+    from votes_app.ballot_box import load_rolls, roll_sizes
     from votes_app.resources import get_redis, session_scope
 
     with session_scope() as session:
@@ -81,7 +81,7 @@ def load(source: IO[str], law_id: str | None) -> None:
             sent += chunk_sent
             added += chunk_added
             progress.update(task, advance=chunk_sent)
-    sizes = ", ".join(f"{law} {voter_roll_size(client, law):,}" for law in sorted(registered))
+    sizes = ", ".join(f"{law} {n:,}" for law, n in roll_sizes(client, sorted(registered)).items())
     console.print(
         f"read {sent:,} hashes: {added:,} new, {sent - added:,} already on their roll;"
         f" rolls now: {sizes or 'none loaded'}"
