@@ -3,8 +3,10 @@ processes are the tools' own (`votes_tools.processes`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -17,6 +19,13 @@ from votes_tools import polling, workload
 from votes_tools.processes import Beat as Beat
 from votes_tools.processes import Worker as Worker
 from votes_tools.processes import run_votes as run_votes
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from votes_app.ballot_box import BallotBox
+    from votes_app.schemas import Submission
+    from votes_app.validation import Outcome
 
 TIMESTAMP = "2026-11-27T09:30:00+00:00"
 # The window of the laws the tests register: every timestamp they send falls in it.
@@ -143,6 +152,26 @@ def load_roll(hashes: Iterable[str]) -> int:
     if entries:
         register_laws(*(law for law, _ in entries))
     return sum(new for _, new in load_rolls(get_redis(), entries))
+
+
+def validate_now(
+    box: BallotBox,
+    submissions: Sequence[Submission],
+    *,
+    scope: Callable[[], AbstractContextManager[Session]] | None = None,
+) -> Outcome:
+    """`validate` in this process, as a worker runs it: now, with a five-minute clock skew."""
+    from votes_app.resources import session_scope
+    from votes_app.schemas import utcnow
+    from votes_app.validation import validate
+
+    return validate(
+        submissions,
+        ballot_box=box,
+        session_scope=scope or session_scope,
+        now=utcnow(),
+        max_clock_skew=timedelta(minutes=5),
+    )
 
 
 def publish(votes: Iterable[dict[str, Any]]) -> list[str]:

@@ -27,6 +27,7 @@ from tests.support import (
     publish,
     results,
     run_votes,
+    validate_now,
     vote,
     voter_hash,
     wait_for,
@@ -44,7 +45,6 @@ from votes_app.resources import (
 from votes_app.review import Verdict
 from votes_app.schemas import Submission, utcnow
 from votes_app.tallies import flush
-from votes_app.validation import validate
 from votes_tools.faults.injectors import bury_votes
 from votes_tools.processes import REPO
 
@@ -88,13 +88,7 @@ def judge(
     scope: Callable[[], AbstractContextManager[Session]] = session_scope,
 ) -> tuple[list[str], dict[str, Verdict]]:
     """Validate in this process; the task ids recorded, and the verdict of each refused."""
-    outcome = validate(
-        submissions,
-        ballot_box=box,
-        session_scope=scope,
-        now=utcnow(),
-        max_clock_skew=timedelta(minutes=5),
-    )
+    outcome = validate_now(box, submissions, scope=scope)
     return (
         [cast.task_id for cast in outcome.recorded],
         {str(r.task_id): r.verdict for r in outcome.rejections},

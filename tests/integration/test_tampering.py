@@ -4,20 +4,18 @@ the owner's role does it anyway, on a real database, through the real command.""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 
 import pytest
 import redis
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
-from tests.support import load_roll, register_laws, run_votes, voter_hash
+from tests.support import load_roll, register_laws, run_votes, validate_now, voter_hash
 from votes_app import chain
 from votes_app.ballot_box import BallotBox
 from votes_app.resources import get_engine, get_owner_engine, session_scope
 from votes_app.schemas import Submission, utcnow
 from votes_app.tallies import flush
-from votes_app.validation import validate
 
 LAW, OTHER = "law-001", "law-002"
 ROLL = 40  # voters on each law's roll
@@ -47,13 +45,7 @@ def counted(redis_client: redis.Redis) -> None:
             for law in rolls
             for n in range(start, start + size)
         ]
-        outcome = validate(
-            submissions,
-            ballot_box=box,
-            session_scope=session_scope,
-            now=utcnow(),
-            max_clock_skew=timedelta(minutes=5),
-        )
+        outcome = validate_now(box, submissions)
         assert len(outcome.recorded) == len(submissions)
         assert flush(session_scope=session_scope) is not None
         start += size

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import redis
 
-from tests.support import count_rows, load_roll, vote, voter_hash
+from tests.support import count_rows, load_roll, validate_now, vote, voter_hash
 from votes_app.ballot_box import VOTED_HASHES, BallotBox, claim_key
-from votes_app.resources import session_scope
 from votes_app.review import Verdict
-from votes_app.schemas import Submission, utcnow
-from votes_app.validation import validate
+from votes_app.schemas import Submission
 
 LAW = "law-007"
 
 
 def run(box: BallotBox, *submissions: Submission) -> tuple[list[str], list[Verdict]]:
-    outcome = validate(
-        submissions,
-        ballot_box=box,
-        session_scope=session_scope,
-        now=utcnow(),
-        max_clock_skew=timedelta(minutes=5),
-    )
+    outcome = validate_now(box, submissions)
     return [b.task_id for b in outcome.recorded], [r.verdict for r in outcome.rejections]
 
 
