@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # Set, the migrations give the application's role this password (a deployment whose
     # PostgreSQL asks for one); unset or empty, they leave the role's password as it is.
     app_database_password: SecretStr | None = None
+    # The read-only role `votes_reader` (results, dashboards): the migrations give it
+    # READER_DATABASE_PASSWORD when set; `votes results` connects with READER_DATABASE_URL
+    # when set, with DATABASE_URL otherwise (docs/ROLES.md).
+    reader_database_url: SecretStr | None = None
+    reader_database_password: SecretStr | None = None
     database_pool_size: int = Field(default=5, ge=1)
 
     # Broker behaviour. Batching needs room: each worker process may hold a full batch
@@ -73,7 +78,9 @@ class Settings(BaseSettings):
     metrics_address: str = "127.0.0.1"
     metrics_port: int = Field(default=8001, ge=0, le=65535)
 
-    @field_validator("app_database_password", mode="before")
+    @field_validator(
+        "app_database_password", "reader_database_url", "reader_database_password", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

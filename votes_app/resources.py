@@ -53,6 +53,16 @@ def get_owner_engine() -> sa.Engine:
 
 
 @lru_cache
+def get_reader_engine() -> sa.Engine:
+    """The read-only role's connection (READER_DATABASE_URL), for results; the application's
+    where it is not set."""
+    url = get_settings().reader_database_url
+    if url is None:
+        return get_engine()
+    return sa.create_engine(url.get_secret_value(), poolclass=sa.NullPool, hide_parameters=True)
+
+
+@lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
 
@@ -86,6 +96,13 @@ def snapshot_scope() -> Iterator[Session]:
 def owner_session_scope() -> Iterator[Session]:
     """`session_scope` with the owner's role."""
     with sessionmaker(get_owner_engine(), expire_on_commit=False).begin() as session:
+        yield session
+
+
+@contextmanager
+def reader_session_scope() -> Iterator[Session]:
+    """`session_scope` with the read-only role (READER_DATABASE_URL), where it is set."""
+    with sessionmaker(get_reader_engine(), expire_on_commit=False).begin() as session:
         yield session
 
 

@@ -232,6 +232,34 @@ def test_the_lifecycle_migration_registers_the_laws_voted_on_and_chains_their_co
     alembic_upgrade(scratch_url, "head")
 
 
+# --- 0004: the roles ---------------------------------------------------------------------
+
+# Every privilege granted to votes_reader in the database: on its relations, their columns,
+# the database itself; and whether votes_app may call the SECURITY DEFINER trigger function.
+READER_GRANTS = (
+    "SELECT (SELECT count(*) FROM pg_class, aclexplode(relacl) AS acl"
+    "        WHERE relnamespace = 'public'::regnamespace AND acl.grantee = 'votes_reader'::regrole)"
+    " + (SELECT count(*) FROM pg_attribute, aclexplode(attacl) AS acl"
+    "    WHERE acl.grantee = 'votes_reader'::regrole)"
+    " + (SELECT count(*) FROM pg_database, aclexplode(datacl) AS acl"
+    "    WHERE datname = current_database() AND acl.grantee = 'votes_reader'::regrole),"
+    " has_function_privilege('votes_app', 'votes_only_while_open()', 'EXECUTE')"
+)
+
+
+def test_the_roles_migration_grants_the_reader_and_its_downgrade_takes_it_back(
+    scratch_url: str,
+) -> None:
+    alembic_upgrade(scratch_url, "0004")
+    [(grants, app_executes)] = execute(scratch_url, READER_GRANTS)
+    assert grants == 4 + 1 + 1  # three tables and a view, vote_audit.law_id, CONNECT
+    assert not app_executes
+
+    alembic_downgrade(scratch_url, "0003")
+
+    assert execute(scratch_url, READER_GRANTS) == [(0, True)]
+
+
 # --- constraints, on the suite's migrated database ----------------------------------------
 
 GOOD_AUDIT: dict[str, Any] = {

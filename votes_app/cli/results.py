@@ -15,12 +15,13 @@ if TYPE_CHECKING:
 
 
 def current_standings(law_id: str | None = None) -> list[Standing]:
-    """Where every law stands (only `law_id`, if given), its roll's size from Redis."""
+    """Where every law stands (only `law_id`, if given), its roll's size from Redis; read as
+    the read-only role where READER_DATABASE_URL is set."""
     from votes_app import laws
     from votes_app.ballot_box import roll_sizes
-    from votes_app.resources import get_redis, session_scope
+    from votes_app.resources import get_redis, reader_session_scope
 
-    with session_scope() as session:
+    with reader_session_scope() as session:
         registered = [law.law_id for law in laws.all_laws(session=session)]
         rolls = roll_sizes(get_redis(), [law_id] if law_id else registered)
         standings = laws.standings(session=session, rolls=rolls)

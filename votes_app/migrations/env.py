@@ -38,20 +38,26 @@ def run_migrations_online() -> None:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():
             context.run_migrations()
-            set_app_password(connection)
+            set_role_passwords(connection)
     engine.dispose()
 
 
-def set_app_password(connection: sa.Connection) -> None:
-    """Give the application's role its password, from APP_DATABASE_PASSWORD, once the
-    migrations made the role."""
-    password = get_settings().app_database_password
-    role = connection.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = 'votes_app'"))
-    if password is not None and role:
-        # psycopg2 quotes the value into the statement: ALTER ROLE takes no bound parameters.
-        connection.exec_driver_sql(
-            "ALTER ROLE votes_app PASSWORD %s", (password.get_secret_value(),)
+def set_role_passwords(connection: sa.Connection) -> None:
+    """Give the roles the migrations made their passwords, once they exist: the application's
+    from APP_DATABASE_PASSWORD, the reader's from READER_DATABASE_PASSWORD."""
+    settings = get_settings()
+    for role, password in (
+        ("votes_app", settings.app_database_password),
+        ("votes_reader", settings.reader_database_password),
+    ):
+        exists = connection.scalar(
+            sa.text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
         )
+        if password is not None and exists:
+            # psycopg2 quotes the value into the statement: ALTER ROLE takes no bound parameters.
+            connection.exec_driver_sql(
+                f"ALTER ROLE {role} PASSWORD %s", (password.get_secret_value(),)
+            )
 
 
 if context.is_offline_mode():
