@@ -16,12 +16,18 @@ from votes_app.ballot_box import BallotBox
 from votes_app.config import get_settings
 
 # What the connections raise while a service is down or restarting: worth a retry with
-# backoff, unlike anything else.
+# backoff, unlike anything else. Redis also answers, without losing the connection, OOM
+# when it is full under `noeviction` and READONLY from a replica during a failover: both
+# pass once an operator acts, and both refuse a write before it is made (a script stops at
+# its first write). redis-py makes them subclasses of ResponseError, whose other kinds
+# (WRONGTYPE, a script's error, NOPERM) are bugs, not weather: those two alone are listed.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
     redis.ConnectionError,
     redis.TimeoutError,
+    redis.OutOfMemoryError,
+    redis.ReadOnlyError,
     BrokerError,
     ConnectionError,
 )
