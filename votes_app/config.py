@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from votes_app import placeholders
 
 # Votes a producer of this project (`votes submit --file`, the demo, the benchmark) keeps in
 # flight before it waits for the broker's confirms. One confirm round trip per message caps
@@ -23,8 +25,13 @@ class Settings(BaseSettings):
     """
 
     # allow_inf_nan=False: an infinite interval would be accepted, then crash beat.
+    # hide_input_in_errors: a refused value may be a URL with its password.
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", frozen=True, allow_inf_nan=False
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        allow_inf_nan=False,
+        hide_input_in_errors=True,
     )
 
     # Connections. The URLs carry credentials, so they never appear in a repr or a log.
@@ -84,6 +91,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("*")
+    @classmethod
+    def _no_placeholder_password(cls, value: object, info: ValidationInfo) -> object:
+        # Every secret, URLs included: a `change-me` left from the examples stops the start.
+        if isinstance(value, SecretStr) and info.field_name:
+            problem = placeholders.secret_problem(info.field_name.upper(), value.get_secret_value())
+            if problem:
+                raise ValueError(problem)
+        return value
 
     @property
     def broker_url(self) -> str:

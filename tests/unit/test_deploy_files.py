@@ -40,6 +40,7 @@ SERVICES = {
     "rabbitmq",
     "redis",
     "postgres",
+    "preflight",
     "migrate",
     "votes",
     "worker-validation",
@@ -281,6 +282,8 @@ def test_exactly_one_beat_runs(services: dict[str, Any]) -> None:
 
 def test_app_services_get_only_variables_the_app_reads(services: dict[str, Any]) -> None:
     for name, service in app_services(services).items():
+        if name == "preflight":
+            continue  # it checks the other services' secrets: tests/unit/test_preflight.py
         for variable in environment_of(service):
             assert (
                 variable in SETTINGS_VARIABLES
@@ -293,7 +296,7 @@ def test_every_app_service_reaches_what_it_needs(services: dict[str, Any]) -> No
     apps = app_services(services)
 
     assert set(apps) == {
-        "migrate", "votes", "worker-validation", "worker-aggregation", "beat", "flower"
+        "preflight", "migrate", "votes", "worker-validation", "worker-aggregation", "beat", "flower"
     }  # fmt: skip
     # The owner's role makes the schema and runs the lifecycle commands; workers use the
     # application's, which the migrations made.
@@ -601,6 +604,7 @@ DUMMY_SECRETS = {
     "POSTGRES_USER": "votes",
     "POSTGRES_PASSWORD": "secret",
     "APP_DATABASE_PASSWORD": "secret",
+    "READER_DATABASE_PASSWORD": "secret",
     "FLOWER_BASIC_AUTH": "admin:secret",
     "GRAFANA_ADMIN_PASSWORD": "secret",
 }

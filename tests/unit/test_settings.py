@@ -121,10 +121,16 @@ def test_bad_value_is_refused_naming_the_setting(
 ) -> None:
     monkeypatch.setenv(name, value)
 
+    refused(name)
+
+
+def refused(name: str) -> str:
+    """The one error of Settings() from the environment, which must be `name`'s: its text."""
     with pytest.raises(ValidationError) as caught:
         Settings()
 
     assert [error["loc"] for error in caught.value.errors()] == [(name.lower(),)]
+    return str(caught.value)
 
 
 def test_settings_are_frozen() -> None:
@@ -168,3 +174,50 @@ def test_infinite_flush_interval_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
 
     with pytest.raises(ValidationError):
         Settings()
+
+
+# --- placeholder passwords ----------------------------------------------------------------
+
+PLACEHOLDER_SETTINGS = [
+    ("DATABASE_URL", "postgresql+psycopg2://votes_app:change-me@postgres:5432/votes"),
+    ("OWNER_DATABASE_URL", "postgresql+psycopg2://votes:CHANGEME@postgres:5432/votes"),
+    ("READER_DATABASE_URL", "postgresql+psycopg2://votes_reader:votes_reader@db:5432/votes"),
+    ("CELERY_BROKER_URL", "amqp://guest:guest@rabbitmq:5672/votes"),
+    ("CELERY_BROKER_URL", "amqp://votes:Passw0rd@rabbitmq:5672/votes"),
+    ("REDIS_URL", "redis://:change-me@redis:6379/0"),
+    ("APP_DATABASE_PASSWORD", "change-me"),
+    ("READER_DATABASE_PASSWORD", "Secret"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), PLACEHOLDER_SETTINGS)
+def test_a_placeholder_password_is_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+
+    shown = refused(name)
+
+    assert f"{name} holds " in shown
+    assert value.rsplit("@", 1)[0].rsplit(":", 1)[-1] not in shown
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        # RabbitMQ's guest, which RabbitMQ admits from the loopback interface only.
+        ("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"),
+        ("CELERY_BROKER_URL", "amqp://guest:guest@[::1]:5672/votes_test"),
+        # PostgreSQL's trust or peer authentication, a Redis without AUTH: no password.
+        ("OWNER_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/votes"),
+        ("REDIS_URL", "redis://127.0.0.1:6379/15"),
+        ("DATABASE_URL", "postgresql+psycopg2://votes_app:Xq3v9LzR7t@db.example:5432/votes"),
+        ("APP_DATABASE_PASSWORD", "8f1c2a9e4b7d6035"),
+    ],
+)
+def test_development_defaults_and_real_passwords_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+
+    assert getattr(Settings(), name.lower()).get_secret_value() == value

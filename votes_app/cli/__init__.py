@@ -15,6 +15,7 @@ from votes_app.cli.auditing import checkpoint, export, recount, verify
 from votes_app.cli.dead import dead
 from votes_app.cli.health import health
 from votes_app.cli.laws import certify, close, laws_group
+from votes_app.cli.preflight import preflight
 from votes_app.cli.results import check_tallies, results
 from votes_app.cli.submit import submit
 from votes_app.cli.voters import voters
@@ -85,5 +86,6 @@ for command in (
     recount,
     health,
     dead,
+    preflight,
 ):
     main.add_command(command)
