@@ -1,6 +1,7 @@
 # The votes_app image: workers, beat, Flower and the one-shot migration all run from it.
 # Build: docker build -t votes_app . (docker compose builds it as votes_app:latest).
-FROM python:3.11-slim
+# An exact Python release on an exact Debian: deploy/README.md says when and how to move it.
+FROM python:3.11.16-slim-trixie
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -16,13 +17,13 @@ RUN groupadd --system --gid 10001 votes \
 
 WORKDIR /app
 
-# The pinned runtime dependencies first, read from pyproject.toml itself (no second list to
-# keep in step), in a layer of their own so that a code change does not reinstall them.
-# The dev extras (pytest, ruff, mypy) stay out of the image.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Every runtime dependency, direct and indirect, and the build backend, at the versions and
+# with the hashes of requirements.lock (`make lock` writes it from pyproject.toml): pip
+# refuses anything unpinned, unhashed or whose file differs. In a layer of its own, so that a
+# code change does not reinstall them. The dev extras (pytest, ruff, mypy) stay out.
+COPY requirements.lock ./
+RUN pip install --require-hashes --requirement requirements.lock \
+    && rm requirements.lock
 
 # README.md* : pyproject names it as the readme; the glob keeps the build going without it.
 # The migrations ship inside the package; alembic.ini lets `alembic upgrade head` (the
@@ -30,8 +31,10 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md* alembic.ini ./
 COPY votes_app ./votes_app
 # A regular install: the runtime package, its migrations and the `votes` command in
-# site-packages. votes_tools is not in the build context, so not in the image.
-RUN pip install --no-deps . \
+# site-packages. votes_tools is not in the build context, so not in the image. Built with
+# the locked setuptools (no build isolation: nothing is fetched unhashed).
+COPY pyproject.toml ./
+RUN pip install --no-deps --no-build-isolation . \
     && rm -rf build votes_app votes_app.egg-info \
     && python -c "import votes_app.migrations, votes_app.cli"
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install services migrate test lint demo bench faults worker beat flower up down clean
+.PHONY: help install lock services migrate test lint demo bench faults worker beat flower up down clean
 
 help:
 	@echo "make test     run the test suite against local RabbitMQ, Redis and PostgreSQL"
@@ -16,15 +16,28 @@ help:
 	@echo "make worker   a worker on all three queues; make beat: the flush scheduler"
 	@echo "make flower   Flower on 127.0.0.1:5555 (needs FLOWER_BASIC_AUTH=user:password)"
 	@echo "make up/down  the whole stack with docker compose (see deploy/README.md)"
+	@echo "make lock     rewrite requirements*.lock from pyproject.toml (UPGRADE=--upgrade: newest)"
 
-# The virtualenv is rebuilt when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The virtualenv is rebuilt when pyproject.toml or the lock changes: every package at the
+# version and with the hashes of requirements-dev.lock (pip itself included), then this
+# checkout, editable, built with the locked setuptools.
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --requirement requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation --editable .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The lock files, from pyproject.toml: every dependency, direct and indirect, pinned with
+# the hashes of all its files on the package index. Pins already in a lock are kept unless
+# UPGRADE=--upgrade. The runtime's lock (the image's) holds the build backend too.
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes \
+	--allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	--no-emit-trusted-host --annotation-style=line $(UPGRADE)
+lock: install
+	$(PIP_COMPILE) --build-deps-for wheel --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --build-deps-for editable --extra dev --output-file requirements-dev.lock pyproject.toml
 
 services:
 	bash scripts/services.sh

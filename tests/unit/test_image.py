@@ -27,8 +27,8 @@ def copied_sources() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def image_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The build context the Dockerfile copies, installed as its `pip install` does (with
-    build isolation: setuptools comes from the package index, as in the image build)."""
+    """The build context the Dockerfile copies, installed as its `pip install` does (without
+    build isolation: with the locked setuptools, here the development install's)."""
     context = tmp_path_factory.mktemp("context")
     for pattern, _ in copied_sources():
         for source in ROOT.glob(pattern):
@@ -41,7 +41,7 @@ def image_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 shutil.copy2(source, target)
     site = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
         + ["--target", str(site), str(context)],
         check=True,
         capture_output=True,
@@ -62,6 +62,21 @@ def in_image(site: Path, *argv: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def test_the_image_installs_the_locked_dependencies_alone() -> None:
+    runs = [
+        line
+        for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines()
+        if "pip install" in line
+    ]
+
+    assert ("requirements.lock", "./") in copied_sources()
+    assert runs[0].split() == [
+        "RUN", "pip", "install", "--require-hashes", "--requirement", "requirements.lock", "\\"
+    ]  # fmt: skip
+    # The package itself adds nothing: no dependency, no build backend fetched unhashed.
+    assert all({"--no-deps", "--no-build-isolation"} <= set(run.split()) for run in runs[1:])
 
 
 def test_the_build_context_leaves_the_tools_out() -> None:
