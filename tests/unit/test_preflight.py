@@ -3,6 +3,7 @@ stack runs it before every service that holds a secret."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,6 @@ def preflight(environment: dict[str, str]) -> tuple[int, str]:
 
 @pytest.fixture(autouse=True)
 def no_other_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for name in list(os.environ):
         if name.endswith(("_URL", "_PASSWORD", "_BASIC_AUTH")):
             monkeypatch.delenv(name)
