@@ -121,7 +121,18 @@ def aggregate_vote(self: Task[..., None], recorded: dict[str, dict[str, int]]) -
     logger.info("votes recorded +%d", sum(sum(choices.values()) for choices in per_law.values()))
 
 
-@app.task(base=VotesTask, bind=True, name="votes_app.flush_tallies", **RETRY_POLICY)
+# send_events=False: no task events for the flush, which beat sends every second; Flower's
+# history (its last max_tasks tasks) keeps the vote batches instead. Celery's worker checks
+# `task.send_events` before each task-received/started/succeeded/failed/retried event
+# (celery/worker/strategy.py, request.py; Celery docs: Task.send_events). The metrics
+# (batch_*, last_flush_timestamp_seconds, aggregation_errors_total) and the log show flushes.
+@app.task(
+    base=VotesTask,
+    bind=True,
+    name="votes_app.flush_tallies",
+    send_events=False,
+    **RETRY_POLICY,
+)
 def flush_tallies(self: Task[..., None]) -> None:
     """Count the ballots waiting in `vote_results`, each exactly once."""
     measure = metrics.get()
