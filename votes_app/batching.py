@@ -168,15 +168,16 @@ def _settle(
 
 
 def observe(outcome: Outcome, *, seconds: float) -> None:
+    """Count a settled validation batch: each vote by status (`valid` for a recorded one, as
+    the old validation worker said, else its verdict), the time it took per vote and per batch."""
     measure = metrics.get()
     measure.voter_roll_missing.set(0)
-    measure.batch_duration.set(seconds)
+    measure.validation_batch_duration.observe(seconds)
     votes = len(outcome.recorded) + len(outcome.rejections)
-    measure.batch_size_processed.inc(votes)
     for _ in range(votes):
         measure.processing_latency.observe(seconds)
     if outcome.recorded:
-        measure.votes_processed.labels(status="accepted").inc(len(outcome.recorded))
+        measure.votes_processed.labels(status=metrics.VALID).inc(len(outcome.recorded))
     for verdict, count in outcome.verdict_counts().items():
         measure.votes_processed.labels(status=verdict).inc(count)
 

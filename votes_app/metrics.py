@@ -1,8 +1,10 @@
 """Prometheus metrics, summed over a worker's prefork processes and served by the worker.
 
-The names are those of the services this project replaces, so existing dashboards keep
-working, plus what this design adds (held votes, dead letters, flush lag, totals per law).
+The names are those of the services this project replaces, with their labels, label values
+and meaning, so existing dashboards keep working; what this design adds (validation batches,
+held votes, dead letters, flush lag, totals per law) has names of its own.
 Nothing here moves per choice unless EXPORT_CHOICE_METRICS says so (see docs/SECRECY.md).
+Every series whose labels are known in advance exists from the start, at zero.
 
 prometheus_client chooses where values live when it is first imported: in memory, or in
 files shared by the processes of a worker when PROMETHEUS_MULTIPROC_DIR is set
@@ -13,7 +15,7 @@ files shared by the processes of a worker when PROMETHEUS_MULTIPROC_DIR is set
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache, wraps
 from pathlib import Path
@@ -24,11 +26,18 @@ from votes_app.config import get_settings
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
 
-OUTCOMES = ("accepted", "duplicate", "invalid", "malformed", "unknown_law", "outside_window")
+# The old validation worker's statuses (valid; invalid: not on the roll; duplicate), then
+# the refusals this design adds (votes_app.review.Verdict).
+OUTCOMES = ("valid", "invalid", "duplicate", "malformed", "unknown_law", "outside_window")
+VALID = OUTCOMES[0]
 DEAD_LETTER_KINDS = ("redelivered", "failed", "out_of_retries", "retry_unpublished")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# The operations counted by `redis_operation` / `database_operation`, gathered as the modules
+# that use them are imported: their series start at zero.
+_OPERATIONS: dict[str, set[str]] = {"redis_operations": set(), "database_operations": set()}
 
 
 class Metrics:
@@ -82,16 +91,24 @@ class Metrics:
         self.current_law_totals = gauge(
             "current_law_totals", "Votes counted in vote_results, by law", ("law_id",)
         )
+        # The old aggregation service's batches: votes counted into vote_results. Here each
+        # tally flush that counted ballots is one such batch.
         self.batch_duration = gauge(
-            "batch_processing_duration_seconds", "Duration of the last validation batch"
+            "batch_processing_duration_seconds",
+            "Duration of the last tally flush that counted ballots into vote_results",
         )
         self.batch_size_processed: Counter = Counter(
-            "batch_size_processed", "Votes in processed validation batches"
+            "batch_size_processed", "Votes counted into vote_results by tally flushes"
         )
         self.aggregation_errors: Counter = Counter(
-            "aggregation_errors", "Aggregation failures, by type", ["error_type"]
+            "aggregation_errors", "Aggregation and tally flush failures, by type", ["error_type"]
         )
         # What this design adds.
+        self.validation_batch_duration: Histogram = Histogram(
+            "validation_batch_duration_seconds",
+            "Duration of each validation batch (its count: batches validated)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
         self.queue_depth = gauge("votes_queue_depth", "Ready messages per queue", ("queue",))
         self.votes_held: Counter = Counter(
             "votes_held", "Votes held back because the voter roll is missing"
@@ -109,10 +126,6 @@ class Metrics:
             "tally_flush_lag_seconds",
             "How long the ballots waiting for a flush can have waited (0: none waits)",
         )
-        self.flush_duration = gauge("tally_flush_duration_seconds", "Duration of the last flush")
-        self.flush_votes: Counter = Counter(
-            "tally_flush_votes", "Votes added to vote_results by flushes"
-        )
         self.last_flush = gauge(
             "last_flush_timestamp_seconds", "When the last flush finished (unix time)"
         )
@@ -122,7 +135,29 @@ class Metrics:
             self.votes_processed.labels(status=status)
         for kind in DEAD_LETTER_KINDS:
             self.dead_letters.labels(reason=kind)
-        self.validation_errors.labels(error_type="voter_roll_missing")
+        for kind, operations in _OPERATIONS.items():
+            counter: Counter = getattr(self, kind)
+            for operation in operations:
+                for status in ("ok", "error"):
+                    counter.labels(operation=operation, status=status)
+        self.expect_errors(validation=("voter_roll_missing",))
+
+    def show_seed_gauges(self) -> None:
+        """Give the old services' gauges their first value, 0, as those services did: a
+        gauge that keeps its most recent value across processes is not exported until set.
+        Once per worker, before its first task: a later 0 would hide a real value."""
+        self.validation_queue_size.set(0)
+        self.batch_duration.set(0)
+
+    def expect_errors(
+        self, *, validation: Iterable[str] = (), aggregation: Iterable[str] = ()
+    ) -> None:
+        """Start these `error_type` series of validation_errors_total and
+        aggregation_errors_total at zero: the errors that can be named in advance."""
+        for error_type in validation:
+            self.validation_errors.labels(error_type=error_type)
+        for error_type in aggregation:
+            self.aggregation_errors.labels(error_type=error_type)
 
     def choice_totals(self) -> Gauge:
         """`current_vote_totals{law_id,choice}`, made on first use."""
@@ -139,6 +174,8 @@ def get() -> Metrics:
 
 
 def _tracked(kind: str, operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    _OPERATIONS[kind].add(operation)
+
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
         @wraps(function)
         def tracked(*args: P.args, **kwargs: P.kwargs) -> R:

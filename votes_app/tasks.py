@@ -134,13 +134,19 @@ def aggregate_vote(self: Task[..., None], recorded: dict[str, dict[str, int]]) -
     **RETRY_POLICY,
 )
 def flush_tallies(self: Task[..., None]) -> None:
-    """Count the ballots waiting in `vote_results`, each exactly once."""
+    """Count the ballots waiting in `vote_results`, each exactly once.
+
+    A flush that counted ballots is what the old aggregation service called a batch:
+    batch_processing_duration_seconds and batch_size_processed_total describe it.
+    """
     measure = metrics.get()
     began, started = time.time(), time.perf_counter()
     with metrics.counting_errors(measure.aggregation_errors):
         result = tallies.flush(session_scope=session_scope)
     status.record_flush_heartbeat(get_redis(), began)
-    measure.flush_duration.set(time.perf_counter() - started)
+    if result is not None:
+        measure.batch_duration.set(time.perf_counter() - started)
+        measure.batch_size_processed.inc(result.vote_count)
     measure.last_flush.set(time.time())
     try:
         status.refresh_gauges()
@@ -148,7 +154,6 @@ def flush_tallies(self: Task[..., None]) -> None:
         # The flush itself is done; stale gauges must not make it run again.
         logger.warning("gauges not refreshed: %s", dead_letters.describe(exc))
     if result is not None:
-        measure.flush_votes.inc(result.vote_count)
         logger.info(
             "tallies flushed batches=%s counted=%d", ",".join(result.batch_ids), result.vote_count
         )

@@ -23,6 +23,7 @@ from kombu import Queue
 
 from votes_app.celery import DEAD_EXCHANGE, DEAD_QUEUE, TASK_ROUTES, VOTES_EXCHANGE, task_queues
 from votes_app.config import Settings
+from votes_app.metrics import OUTCOMES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -77,13 +78,14 @@ APP_METRICS = {
     "batch_processing_duration_seconds",
     "batch_size_processed_total",
     "aggregation_errors_total",
+    "validation_batch_duration_seconds_bucket",
+    "validation_batch_duration_seconds_sum",
+    "validation_batch_duration_seconds_count",
     "votes_held_total",
     "voter_roll_missing",
     "voter_roll_size",
     "dead_letters_total",
     "tally_flush_lag_seconds",
-    "tally_flush_duration_seconds",
-    "tally_flush_votes_total",
     "last_flush_timestamp_seconds",
 }
 FLOWER_METRICS = {
@@ -528,6 +530,9 @@ def test_promql_names_real_queues_and_jobs(expr: str, prometheus_config: dict[st
         assert queue in ALL_QUEUES
     for job in re.findall(r'\bjob\s*!?=\s*"([^"]*)"', expr):
         assert job in jobs
+    # The statuses the seed's dashboards query (valid, not "accepted"), or an operation's.
+    for status in re.findall(r'\bstatus\s*!?=\s*"([^"]*)"', expr):
+        assert status in {*OUTCOMES, "ok", "error"}
 
 
 # --- Grafana ------------------------------------------------------------------------------
@@ -684,7 +689,7 @@ ALERT_CASES: list[dict[str, Any]] = [
     },
     {
         "series": {
-            'validation_votes_processed_total{status="accepted"}': "0+600x20",
+            'validation_votes_processed_total{status="valid"}': "0+600x20",
             'validation_votes_processed_total{status="duplicate"}': "0+60x20",
         },
         "at": "15m",
@@ -694,7 +699,7 @@ ALERT_CASES: list[dict[str, Any]] = [
     {
         # The same share of duplicates in a trickle of votes is no alarm.
         "series": {
-            'validation_votes_processed_total{status="accepted"}': "0+6x20",
+            'validation_votes_processed_total{status="valid"}': "0+6x20",
             'validation_votes_processed_total{status="duplicate"}': "0+6x20",
         },
         "at": "15m",
