@@ -2,7 +2,7 @@
 
 The names are those of the services this project replaces, with their labels, label values
 and meaning, so existing dashboards keep working; what this design adds (validation batches,
-held votes, dead letters, flush lag, totals per law) has names of its own.
+held votes, dead letters, flush lag, totals per law, Redis memory) has names of its own.
 Nothing here moves per choice unless EXPORT_CHOICE_METRICS says so (see docs/SECRECY.md).
 Every series whose labels are known in advance exists from the start, at zero.
 
@@ -128,6 +128,13 @@ class Metrics:
         )
         self.last_flush = gauge(
             "last_flush_timestamp_seconds", "When the last flush finished (unix time)"
+        )
+        # The voter rolls' Redis runs with maxmemory and noeviction: full, it refuses writes.
+        self.redis_memory_used = gauge(
+            "redis_memory_used_bytes", "Memory Redis uses (INFO memory: used_memory)"
+        )
+        self.redis_memory_max = gauge(
+            "redis_memory_max_bytes", "Redis maxmemory (INFO memory: maxmemory; 0: no limit)"
         )
         # Series with a known set of labels exist from the start, at zero: a rate() or an
         # alert on them works before the first event (Prometheus: "Avoid missing metrics").

@@ -1,5 +1,5 @@
-"""The system as it is now: queue depths, voter roll, flush lag, beat's heartbeat; and the worker
-step that keeps a worker's own gauges current."""
+"""The system as it is now: queue depths, voter roll, flush lag, beat's heartbeat, Redis memory;
+and the worker step that keeps a worker's own gauges current."""
 
 from __future__ import annotations
 
@@ -92,6 +92,10 @@ def refresh_gauges() -> None:
     rolls = roll_sizes(client, laws.open_at(registered, datetime.now(UTC)))
     measure.voter_roll_size.set(sum(rolls.values()))
     measure.voter_roll_missing.set(1 if not all(rolls.values()) else 0)
+    # INFO is a read: it answers when a full Redis (noeviction) refuses every write.
+    memory = client.info("memory")
+    measure.redis_memory_used.set(memory["used_memory"])
+    measure.redis_memory_max.set(memory["maxmemory"])
     depths = queue_depths()
     for queue, depth in depths.items():
         measure.queue_depth.labels(queue=queue).set(depth)

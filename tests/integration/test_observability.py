@@ -32,7 +32,7 @@ from tests.unit.test_deploy_files import (
 )
 from votes_app import metrics
 from votes_app.celery import AGGREGATION, REVIEW, VALIDATION, app
-from votes_app.resources import TRANSIENT_ERRORS
+from votes_app.resources import TRANSIENT_ERRORS, get_redis
 from votes_tools.polling import wait_for
 from votes_tools.processes import Beat, CeleryProcess, Worker, free_port, stop_all
 
@@ -242,6 +242,10 @@ def test_split_deployment_counts_and_shows_what_happened(tmp_path: Path) -> None
     # Per-choice series are withheld while the laws are open: absent, not a misleading zero.
     for samples in (v, a):
         assert not any("choice" in dict(labels) for _, labels in samples)
+    # Redis memory, for the alert before the roll's Redis fills.
+    info = get_redis().info("memory")
+    assert value(a, "redis_memory_used_bytes") > 0
+    assert value(a, "redis_memory_max_bytes") == info["maxmemory"]
 
     # Flower: the vote batches and the tasks they hand on, never the flushes (which ran).
     assert shown["votes_app.validate_vote"] >= 1

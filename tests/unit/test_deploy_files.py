@@ -87,6 +87,8 @@ APP_METRICS = {
     "dead_letters_total",
     "tally_flush_lag_seconds",
     "last_flush_timestamp_seconds",
+    "redis_memory_used_bytes",
+    "redis_memory_max_bytes",
 }
 FLOWER_METRICS = {
     "flower_events_total",
@@ -498,6 +500,7 @@ def test_alert_rules_are_complete() -> None:
         "NoWorkerOnQueue",
         "TallyFlushLagging",
         "VoterRollMissing",
+        "RedisMemoryHigh",
         "DeadLetters",
     } <= names
 
@@ -704,6 +707,19 @@ ALERT_CASES: list[dict[str, Any]] = [
         },
         "at": "15m",
         "alert": "DuplicateRateHigh",
+        "labels": [],
+    },
+    {
+        "series": {"redis_memory_used_bytes": "700+10x20", "redis_memory_max_bytes": "1000x20"},
+        "at": "20m",
+        "alert": "RedisMemoryHigh",
+        "labels": [{"severity": "critical"}],
+    },
+    {
+        # No maxmemory (0): no share to alert on.
+        "series": {"redis_memory_used_bytes": "900x20", "redis_memory_max_bytes": "0x20"},
+        "at": "20m",
+        "alert": "RedisMemoryHigh",
         "labels": [],
     },
     {
