@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import islice
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from votes_app import metrics
+from votes_app import metrics, quotas
 
 T = TypeVar("T")
 
@@ -93,22 +94,33 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
 
-# Count each duplicate message once, however often it is redelivered.
+# Count each duplicate message once, however often it is redelivered: the first ones of each
+# hour (REVIEW_QUOTA_PER_HOUR) get a mark; later ones are counted without one (a redelivery
+# of those may count twice), so that a producer resending hashes under new task ids cannot
+# make marks without end.
 _COUNT_DUPLICATE = """
--- KEYS: duplicate_count:{hash}, duplicate_seen:{task id}; ARGV: ttl
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
-    return redis.call('INCR', KEYS[1])
+-- KEYS: duplicate_count:{hash}, duplicate_seen:{task id}, the hour's quota of marks
+-- ARGV: mark ttl, marks per hour, quota ttl
+if redis.call('EXISTS', KEYS[2]) == 1 then
+    return tonumber(redis.call('GET', KEYS[1]) or '1')
 end
-return tonumber(redis.call('GET', KEYS[1]) or '1')
+if redis.call('INCR', KEYS[3]) <= tonumber(ARGV[2]) then
+    redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+end
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return redis.call('INCR', KEYS[1])
 """
 
 
 class BallotBox:
     """The claim scripts, registered once per Redis client and run pipelined."""
 
-    def __init__(self, client: redis.Redis, *, claim_ttl_seconds: int) -> None:
+    def __init__(
+        self, client: redis.Redis, *, claim_ttl_seconds: int, duplicate_marks_per_hour: int = 1_000
+    ) -> None:
         self.redis = client
         self.claim_ttl = claim_ttl_seconds
+        self.marks_per_hour = duplicate_marks_per_hour
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._forget = client.register_script(_FORGET)
@@ -188,10 +200,14 @@ class BallotBox:
     @metrics.redis_operation("count_duplicates")
     def count_duplicates(self, ballots: Sequence[tuple[str, str]]) -> list[int]:
         """Bump `duplicate_count:{hash}` once per duplicate message; the attempt numbers."""
+        quota = quotas.quota_key("review:duplicate", datetime.now(UTC))
         answers = self._pipelined(
             self._count_duplicate,
             [
-                ([duplicate_count_key(vote_hash), duplicate_seen_key(task_id)], [self.claim_ttl])
+                (
+                    [duplicate_count_key(vote_hash), duplicate_seen_key(task_id), quota],
+                    [self.claim_ttl, self.marks_per_hour, quotas.COUNTER_TTL_SECONDS],
+                )
                 for vote_hash, task_id in ballots
             ],
         )

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     # How long Redis keeps a claim whose vote was never recorded (its worker died), and
     # the marks that count each duplicate message once: far longer than any redelivery.
     claim_ttl_seconds: int = Field(default=86_400, ge=60)
+    # What producers can make one by one, per hour (docs/HOSTILE_INPUT.md, "Bounds"): the
+    # refusals of each verdict reviewed one by one (a row, a mark), past which they are
+    # counted in one row per verdict and hour; dead-letter reasons kept for `votes dead list`,
+    # past which it infers them.
+    review_quota_per_hour: int = Field(default=1_000, ge=1)
+    dead_reasons_per_hour: int = Field(default=1_000, ge=0)
     max_clock_skew_seconds: int = Field(default=300, ge=0)
     retry_backoff_max_seconds: int = Field(default=60, ge=1)
     max_retries: int = Field(default=25, ge=0)

@@ -17,12 +17,12 @@ from kombu import Connection
 from kombu.message import Message
 from pydantic import ValidationError
 
-from votes_app import metrics
+from votes_app import metrics, quotas
 from votes_app.celery import DEAD, TASK_ROUTES, VOTES_EXCHANGE, declare_dead_letters
 from votes_app.config import get_settings
-from votes_app.redaction import argument_reprs, sample_of, shape
+from votes_app.redaction import argument_reprs, escape, sample_of, shape
 from votes_app.resources import get_redis
-from votes_app.schemas import describe_errors
+from votes_app.schemas import describe_errors, utcnow
 
 PREVIEW_MAX = 160
 
@@ -30,12 +30,13 @@ PREVIEW_MAX = 160
 logger = get_logger(__name__)
 
 
+# Task ids are the producer's: escaped, a lone surrogate in one cannot fail the key's encoding.
 def deliveries_key(task_id: str) -> str:
-    return f"deliveries:{task_id}"
+    return f"deliveries:{escape(task_id)}"
 
 
 def reason_key(task_id: str) -> str:
-    return f"dead_reason:{task_id}"
+    return f"dead_reason:{escape(task_id)}"
 
 
 def count_redelivery(client: redis.Redis, task_id: str, *, ttl_seconds: int) -> int:
@@ -48,8 +49,11 @@ def count_redelivery(client: redis.Redis, task_id: str, *, ttl_seconds: int) -> 
 
 
 def remember_reason(client: redis.Redis, task_id: str, reason: str, *, ttl_seconds: int) -> None:
-    """Keep why a message was sent to votes.dead, for `votes dead list`."""
-    client.set(reason_key(task_id), reason[:500], ex=ttl_seconds)
+    """Keep why a message was sent to votes.dead, for `votes dead list`: DEAD_REASONS_PER_HOUR
+    at most, past which it infers the reason from the message (the log has it)."""
+    per_hour = get_settings().dead_reasons_per_hour
+    if quotas.take(client, {"dead_reason": 1}, per_hour=per_hour, now=utcnow())["dead_reason"]:
+        client.set(reason_key(task_id), reason[:500], ex=ttl_seconds)
 
 
 def describe(exc: Exception) -> str:

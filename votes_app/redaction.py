@@ -22,9 +22,10 @@ SHOWN_AS_SENT = frozenset({"vote_hash", "law_id", "timestamp"})
 LEFT_OUT = frozenset({"citizen_id"})  # the voter's identity: not even its shape
 
 
-# C0 and C1 controls (newline, carriage return, escape, NUL ...), DEL, and the Unicode line
-# separators and direction overrides that can break or disguise a line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls (newline, carriage return, escape, NUL ...), DEL, the Unicode line
+# separators and direction overrides that can break or disguise a line, and unpaired
+# surrogates (JSON's "\ud800"), which no UTF-8 file or PostgreSQL text can hold.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def shape(value: Any) -> str:

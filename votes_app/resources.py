@@ -127,4 +127,9 @@ def forget_inherited_connections() -> None:
 
 @lru_cache
 def get_ballot_box() -> BallotBox:
-    return BallotBox(get_redis(), claim_ttl_seconds=get_settings().claim_ttl_seconds)
+    settings = get_settings()
+    return BallotBox(
+        get_redis(),
+        claim_ttl_seconds=settings.claim_ttl_seconds,
+        duplicate_marks_per_hour=settings.review_quota_per_hour,
+    )

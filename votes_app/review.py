@@ -1,25 +1,32 @@
 """Submissions that were not counted: duplicates, unknown voters, malformed messages.
 
 A review record says who (the hash), where (the law) and why, never what was voted: a
-malformed submission is kept as a redacted sample (`votes_app.redaction`)."""
+malformed submission is kept as a redacted sample (`votes_app.redaction`).
+
+What a producer can add is bounded (docs/HOSTILE_INPUT.md, "Bounds"): duplicates by the
+voter roll (one row per voter and law), the other verdicts by REVIEW_QUOTA_PER_HOUR each,
+past which a refusal is counted in one row per verdict and hour instead of a row of its own.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import redis
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from votes_app import metrics
+from votes_app import metrics, quotas
 from votes_app.models import DuplicateAttempt, ReviewRecord
-from votes_app.redaction import SAMPLE_MAX
+from votes_app.redaction import SAMPLE_MAX, escape
 
 REASON_MAX = 500
 
@@ -41,10 +48,18 @@ class Rejection(BaseModel):
     task_id: str | None = Field(default=None, max_length=255)
     reason: str = Field(max_length=REASON_MAX)
     seen_at: datetime
-    vote_hash: str | None = Field(default=None, max_length=64)
-    law_id: str | None = Field(default=None, max_length=50)
-    attempt: int | None = Field(default=None, ge=1)
+    vote_hash: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    law_id: str | None = Field(default=None, pattern="^[A-Za-z0-9._-]{1,50}$")
+    # duplicate_attempts.attempt_count is a PostgreSQL integer.
+    attempt: int | None = Field(default=None, ge=1, le=2**31 - 1)
     sample: str = Field(default="", max_length=SAMPLE_MAX)
+
+    @field_validator("task_id", "reason", "sample", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        # Whatever a message carries, what is stored or keyed on holds no NUL (PostgreSQL's
+        # text refuses it) and no unpaired surrogate (UTF-8, hence Redis, cannot carry it).
+        return escape(value) if isinstance(value, str) else value
 
     @property
     def fingerprint(self) -> str:
@@ -61,6 +76,59 @@ def clip(text: str, limit: int = REASON_MAX) -> str:
 
 def reviewed_key(task_id: str) -> str:
     return f"reviewed:{task_id}"
+
+
+_ITEMS = TypeAdapter(list[Any])
+
+
+def read_rejections(items: object) -> tuple[list[Rejection], list[tuple[Any, ValidationError]]]:
+    """A `record_review` message's rejections that can be read, and each item that cannot,
+    with its error; a ValidationError if `items` is not a list at all."""
+    readable: list[Rejection] = []
+    unreadable: list[tuple[Any, ValidationError]] = []
+    for item in _ITEMS.validate_python(items):
+        try:
+            readable.append(Rejection.model_validate(item))
+        except ValidationError as exc:
+            unreadable.append((item, exc))
+    return readable, unreadable
+
+
+def within_quota(
+    client: redis.Redis, rejections: Sequence[Rejection], *, per_hour: int, now: datetime
+) -> list[Rejection]:
+    """The rejections as they are to be recorded: the first `per_hour` of each verdict this
+    hour as they are, each later one as a count in its verdict's row for the hour
+    (`over_quota`). Duplicates are not counted: their rows are bounded by the voter roll."""
+    counted = Counter(r.verdict for r in rejections if r.verdict is not Verdict.DUPLICATE)
+    granted = quotas.take(
+        client,
+        {f"review:{verdict}": n for verdict, n in counted.items()},
+        per_hour=per_hour,
+        now=now,
+    )
+    kept: list[Rejection] = []
+    for rejection in rejections:
+        name = f"review:{rejection.verdict}"
+        if rejection.verdict is Verdict.DUPLICATE:
+            kept.append(rejection)
+        elif granted[name] > 0:
+            granted[name] -= 1
+            kept.append(rejection)
+        else:
+            kept.append(over_quota(rejection, now=now))
+    return kept
+
+
+def over_quota(rejection: Rejection, *, now: datetime) -> Rejection:
+    """A refusal past REVIEW_QUOTA_PER_HOUR: one more occurrence of its verdict's row for the
+    hour, which keeps no hash, law, sample or task id."""
+    return Rejection(
+        verdict=rejection.verdict,
+        reason=f"past REVIEW_QUOTA_PER_HOUR in the hour {quotas.hour_of(now)} UTC:"
+        " counted here, not kept one by one",
+        seen_at=rejection.seen_at,
+    )
 
 
 def not_yet_reviewed(client: redis.Redis, rejections: Sequence[Rejection]) -> list[Rejection]:
@@ -90,6 +158,34 @@ def mark_reviewed(
         if rejection.task_id and rejection.verdict is not Verdict.DUPLICATE:
             pipe.set(reviewed_key(rejection.task_id), "1", ex=ttl_seconds)
     pipe.execute()
+
+
+def record_apart(
+    *,
+    session_scope: Callable[[], AbstractContextManager[Session]],
+    rejections: Sequence[Rejection],
+    transient: tuple[type[Exception], ...],
+) -> list[tuple[Rejection, Exception]]:
+    """Store rejections in one transaction or, when that fails for a reason of the records'
+    own, each in a transaction of its own (as `batching.settle` narrows a batch down): one
+    that cannot be stored keeps no other out. Returns those that could not be stored, each
+    with its error; the `transient` errors (infrastructure) are raised, for a retry."""
+    try:
+        with session_scope() as session:
+            record_rejections(session=session, rejections=rejections)
+        return []
+    except transient:
+        raise
+    except Exception as exc:
+        if len(rejections) == 1:
+            return [(rejections[0], exc)]
+    return [
+        failed
+        for rejection in rejections
+        for failed in record_apart(
+            session_scope=session_scope, rejections=[rejection], transient=transient
+        )
+    ]
 
 
 @metrics.database_operation("record_review")

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from votes_app.redaction import escape
+
 HASH_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 LAW_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,50}")
 CITIZEN_ID_MAX_LENGTH = 256
@@ -108,17 +110,36 @@ def parse_vote(submission: Submission, *, now: datetime, max_clock_skew: timedel
         if name in fields:
             raise MalformedVote(f"{name}: given both positionally and by keyword")
     fields.update(submission.kwargs)
+    # pydantic refuses a name that UTF-8 cannot carry (a lone surrogate, from JSON's "\ud800")
+    # without saying which: such a name is an unexpected field, said here.
+    unnamed = sorted(escape(name) for name in fields if not _encodable(name))
+    problems = [f"{name}: unexpected field" for name in unnamed]
     try:
-        vote = Vote.model_validate(fields)
+        vote = Vote.model_validate({k: v for k, v in fields.items() if _encodable(k)})
     except ValidationError as exc:
-        raise MalformedVote(describe_errors(exc)) from None
+        problems.insert(0, describe_errors(exc))
+    if problems:
+        raise MalformedVote("; ".join(problems))
     if vote.timestamp - now > max_clock_skew:
         raise MalformedVote("timestamp: is in the future")
     return vote
 
 
+def _encodable(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def describe_errors(exc: ValidationError) -> str:
-    """`field: problem; field: problem` — short, stable, and free of the offending values."""
+    """`field: problem; field: problem` — short, stable, and free of the offending values.
+
+    A field's name is the producer's: control characters and unpaired surrogates are written
+    as escapes (`\\x00`, `\\ud800`), so that the reason can be stored (PostgreSQL's text
+    refuses NUL; UTF-8 cannot carry a lone surrogate) and logged on a line of its own.
+    """
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         field = ".".join(str(part) for part in error["loc"]) or "message"
@@ -126,7 +147,7 @@ def describe_errors(exc: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             message = "unexpected field"
         parts.append(f"{field}: {message}")
-    return "; ".join(parts)
+    return escape("; ".join(parts))
 
 
 def utcnow() -> datetime:

@@ -9,13 +9,13 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 from celery_batches import SimpleRequest
-from pydantic import TypeAdapter
 
 from votes_app import dead_letters, metrics, review, status, tallies, validation
 from votes_app.batching import SettledBatches, settle
 from votes_app.celery import app
 from votes_app.config import get_settings
 from votes_app.resources import TRANSIENT_ERRORS, get_redis, session_scope
+from votes_app.schemas import utcnow
 
 logger = get_task_logger(__name__)
 settings = get_settings()
@@ -29,8 +29,6 @@ RETRY_POLICY: dict[str, Any] = {
     "retry_jitter": True,
     "max_retries": settings.max_retries,
 }
-
-_rejections = TypeAdapter(list[review.Rejection])
 
 
 def short(vote_hash: str) -> str:
@@ -160,13 +158,44 @@ def flush_tallies(self: Task[..., None]) -> None:
 
 
 @app.task(base=VotesTask, bind=True, name="votes_app.record_review", **RETRY_POLICY)
-def record_review(self: Task[..., None], rejections: list[dict[str, Any]]) -> None:
-    """Store refused submissions for review, each message once."""
-    client = get_redis()
-    fresh = review.not_yet_reviewed(client, _rejections.validate_python(rejections))
-    if not fresh:
+def record_review(self: Task[..., None], rejections: list[Any]) -> None:
+    """Store refused submissions for review, each message once.
+
+    A record that cannot be read or stored keeps none of the others out: they are stored,
+    and it goes on alone, in a message of its own, which goes to votes.dead with its reason
+    (as does any message none of whose records can be read or stored).
+    """
+    client, now = get_redis(), utcnow()
+    readable, unreadable = review.read_rejections(rejections)
+    fresh = review.within_quota(
+        client,
+        review.not_yet_reviewed(client, readable),
+        per_hour=settings.review_quota_per_hour,
+        now=now,
+    )
+    failed = review.record_apart(
+        session_scope=session_scope, rejections=fresh, transient=TRANSIENT_ERRORS
+    )
+    try:
+        # A crash before this counts them again on redelivery: at least once, not exactly.
+        review.mark_reviewed(
+            client,
+            [r for r in fresh if all(r is not bad for bad, _ in failed)],
+            ttl_seconds=settings.claim_ttl_seconds,
+        )
+    except TRANSIENT_ERRORS as exc:
+        # The rows are committed: a retry would count them again, where only a redelivery
+        # of this message can now.
+        logger.warning("review marks not kept: %s", dead_letters.describe(exc))
+    bad = unreadable + [(r.model_dump(mode="json"), exc) for r, exc in failed]
+    if not bad:
         return
-    with session_scope() as session:
-        review.record_rejections(session=session, rejections=fresh)
-    # A crash right here counts these again on redelivery: at least once, not exactly.
-    review.mark_reviewed(client, fresh, ttl_seconds=settings.claim_ttl_seconds)
+    if len(bad) == len(rejections):
+        raise bad[0][1]
+    logger.error(
+        "%d of %d review records sent on alone: %s",
+        len(bad),
+        len(rejections),
+        dead_letters.describe(bad[0][1]),
+    )
+    record_review.apply_async(kwargs={"rejections": [item for item, _ in bad]})

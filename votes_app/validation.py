@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from votes_app import audit, laws
 from votes_app.ballot_box import BallotBox, Claim
-from votes_app.redaction import sample_of
+from votes_app.redaction import escape, sample_of
 from votes_app.review import Rejection, Verdict, clip
 from votes_app.schemas import CastVote, MalformedVote, Submission, parse_vote
 
@@ -49,10 +49,15 @@ class Outcome:
 def judge(
     submissions: Sequence[Submission], *, now: datetime, max_clock_skew: timedelta
 ) -> tuple[list[CastVote], list[Rejection]]:
-    """Split submissions into well-formed votes and malformed rejections."""
+    """Split submissions into well-formed votes and malformed rejections.
+
+    A task id is the producer's too: from here on it is escaped (`redaction.escape`), so that
+    a NUL or a lone surrogate in it reaches neither PostgreSQL nor a Redis key.
+    """
     votes: list[CastVote] = []
     rejections: list[Rejection] = []
     for submission in submissions:
+        submission = replace(submission, task_id=escape(submission.task_id))
         try:
             vote = parse_vote(submission, now=now, max_clock_skew=max_clock_skew)
         except MalformedVote as exc:

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeAlias
 
+import pytest
+import redis
 import sqlalchemy as sa
 
-from tests.support import TIMESTAMP, voter_hash
+from tests.support import (
+    TIMESTAMP,
+    Worker,
+    count_rows,
+    load_roll,
+    vote,
+    voter_hash,
+    wait_for,
+)
+from votes_app.ballot_box import BallotBox
+from votes_app.celery import DEAD, app
+from votes_app.config import get_settings
+from votes_app.dead_letters import list_dead, remember_reason
 from votes_app.redaction import sample_of
-from votes_app.resources import session_scope
-from votes_app.review import Rejection, Verdict, record_rejections
+from votes_app.resources import get_redis, session_scope
+from votes_app.review import Rejection, Verdict, mark_reviewed, record_rejections, within_quota
 from votes_app.schemas import Submission
+from votes_app.status import queue_depths
 from votes_app.validation import judge
 
 Row: TypeAlias = sa.Row[*tuple[Any, ...]]
@@ -229,3 +246,139 @@ def test_an_earlier_sighting_delivered_late_moves_first_seen_at(engine: sa.Engin
 
     [row] = review_rows(engine)
     assert (row.occurrences, row.first_seen_at, row.last_seen_at) == (2, at(5), at(10))
+
+
+# --- one bad field or record spoils no other ----------------------------------------------
+
+
+def test_one_bad_field_spoils_no_other_vote(engine: sa.Engine, tmp_path: Path) -> None:
+    """Tried as an attacker would: in one batch, a NUL (which PostgreSQL's text refuses) and
+    an unpaired surrogate (which UTF-8 cannot carry) in field names and in task ids. Every
+    vote of the batch is recorded or reviewed all the same, theirs included."""
+    on_roll = [voter_hash(n, "law-001", "bad-field") for n in range(4)]
+    load_roll(on_roll)
+    messages: list[tuple[dict[str, Any], str]] = [
+        *((vote(h, "law-001", "oui"), str(uuid.uuid4())) for h in on_roll[:3]),
+        (vote(on_roll[3], "law-001", "non"), f"nul\x00{uuid.uuid4()}"),
+        *(
+            (vote(voter_hash(n, "law-001", "x"), "law-001", "maybe"), str(uuid.uuid4()))
+            for n in range(3)
+        ),
+        (vote(voter_hash(4, "law-001", "x"), "law-001", "oui", **{"x\x00y": 1}), str(uuid.uuid4())),
+        (
+            vote(voter_hash(5, "law-001", "x"), "law-001", "oui", **{"x\ud800y": 1}),
+            str(uuid.uuid4()),
+        ),
+        (vote(voter_hash(6, "law-001", "x"), "law-001", "oui"), f"lone\ud800{uuid.uuid4()}"),
+    ]
+    # Queued before the worker starts: one batch, one review message.
+    for kwargs, task_id in messages:
+        app.send_task("votes_app.validate_vote", kwargs=kwargs, task_id=task_id)
+
+    with Worker(tmp_path / "worker.log"):
+        wait_for(
+            lambda: count_rows("vote_review") == 6 or queue_depths()[DEAD] > 0,
+            timeout=30,
+            what="the six refusals to be reviewed",
+        )
+        wait_for(lambda: count_rows("vote_audit") == 4, timeout=10, what="the four votes")
+
+    assert queue_depths()[DEAD] == 0
+    reasons = sorted(row.reason for row in fetch(engine, "SELECT reason FROM vote_review"))
+    assert reasons == [
+        *["choice: Input should be 'oui' or 'non'"] * 3,
+        "voter hash is not on the voter roll",
+        "x\\ud800y: unexpected field",
+        "x\\x00y: unexpected field",
+    ]
+
+
+def test_a_review_message_with_an_unreadable_record_records_the_others(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    sample = sample_of((), {"choice": "forged"})
+    good = malformed(sample).model_dump(mode="json")
+
+    with Worker(tmp_path / "worker.log"):
+        app.send_task("votes_app.record_review", kwargs={"rejections": [good, {"verdict": "?"}]})
+        wait_for(lambda: queue_depths()[DEAD] == 1, timeout=30, what="the bad record in votes.dead")
+        wait_for(lambda: count_rows("vote_review") == 1, timeout=10, what="the good one recorded")
+
+    assert [row.sample for row in review_rows(engine)] == [sample]
+    with app.connection_for_write() as connection:
+        [letter] = list_dead(connection, get_redis())
+    # Alone: the dead letter holds the unreadable record only, and says why.
+    assert "invalid message" in letter.reason
+    assert letter.preview == '{"rejections": "<list of 1 items>"}'
+
+
+# --- what producers can make is bounded ---------------------------------------------------
+
+NOON = datetime(2026, 11, 27, 12, 5, tzinfo=UTC)
+
+
+def sent_as(task_id: str, rejection: Rejection) -> Rejection:
+    return rejection.model_copy(update={"task_id": task_id})
+
+
+def review_in(hour: datetime, rejections: list[Rejection]) -> list[Rejection]:
+    """What record_review does with one message at `hour`, with a quota of 3 an hour."""
+    kept = within_quota(get_redis(), rejections, per_hour=3, now=hour)
+    record(kept)
+    mark_reviewed(get_redis(), kept, ttl_seconds=3600)
+    return kept
+
+
+def test_refusals_past_the_hourly_quota_are_counted_in_one_row(engine: sa.Engine) -> None:
+    invalids = [
+        sent_as(f"i{n}", invalid(voter_hash(n, "law-001", "quota"), "law-001")) for n in range(5)
+    ]
+    malformeds = [
+        sent_as(f"m{n}", malformed(sample_of((), {"choice": "x" * (n + 1)}))) for n in range(5)
+    ]
+    duplicates = [sent_as(f"d{n}", duplicate(H1, "law-001", n, T0)) for n in range(1, 5)]
+
+    review_in(NOON, invalids[:2] + malformeds[:4] + duplicates)
+    review_in(NOON + timedelta(minutes=50), invalids[2:])
+    review_in(NOON + timedelta(hours=1), malformeds[4:])
+
+    rows = review_rows(engine)
+    own = sorted((r.kind, r.occurrences) for r in rows if r.vote_hash or r.sample)
+    counted = sorted((r.kind, r.occurrences) for r in rows if not (r.vote_hash or r.sample))
+    # Three of each verdict in the hour get a row of their own; the others are counted in one
+    # row per verdict and hour. Duplicates have no quota: their rows are bounded by the roll.
+    assert own == [("invalid", 1)] * 3 + [("malformed", 1)] * 4
+    assert counted == [("invalid", 2), ("malformed", 1)]
+    assert duplicate_rows(engine) == expected_duplicates(duplicates)
+    # Only a refusal with a row of its own is marked as reviewed.
+    assert sorted(get_redis().keys("reviewed:*")) == [
+        f"reviewed:{task_id}" for task_id in ("i0", "i1", "i2", "m0", "m1", "m2", "m4")
+    ]
+
+
+def test_duplicate_marks_are_bounded_per_hour(redis_client: redis.Redis) -> None:
+    box = BallotBox(redis_client, claim_ttl_seconds=3600, duplicate_marks_per_hour=10)
+    voter = voter_hash(1, "law-001", "marks")
+
+    attempts = box.count_duplicates([(voter, f"task-{n}") for n in range(15)])
+
+    assert attempts == list(range(1, 16))
+    assert len(redis_client.keys("duplicate_seen:*")) == 10
+    # A redelivered message that was marked is not counted again; one past the quota may be.
+    assert box.count_duplicates([(voter, "task-0")]) == [15]
+    assert box.count_duplicates([(voter, "task-14")]) == [16]
+
+
+def test_dead_letter_reasons_are_bounded(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEAD_REASONS_PER_HOUR", "2")
+    get_settings.cache_clear()
+    try:
+        for n in range(4):
+            remember_reason(redis_client, f"t{n}", "junk", ttl_seconds=60)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+    assert sorted(redis_client.keys("dead_reason:*")) == ["dead_reason:t0", "dead_reason:t1"]
