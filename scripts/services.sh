@@ -312,6 +312,49 @@ ensure_vhosts() {
 	DETAIL[rabbitmq]="vhosts: ${VHOSTS[*]}"
 }
 
+# The broker's limits (docs/OPERATIONS.md, "Broker limits"), as the compose stack sets them:
+# max_message_size from deploy/rabbitmq/rabbitmq.conf, the policies of
+# deploy/rabbitmq/definitions.json (`votes broker definitions`) on every local vhost.
+readonly BROKER_CONF=deploy/rabbitmq/rabbitmq.conf
+readonly BROKER_DEFINITIONS=deploy/rabbitmq/definitions.json
+
+policy_lines() {
+	# name, pattern, definition, apply-to, priority: one tab-separated line per policy.
+	python3 -c 'import json, sys
+for p in json.load(open(sys.argv[1]))["policies"]:
+    print(p["name"], p["pattern"], json.dumps(p["definition"], separators=(",", ":")), p["apply-to"], p["priority"], sep="\t")' "$BROKER_DEFINITIONS"
+}
+
+ensure_broker_limits() {
+	local size current vhost name pattern definition apply priority listed out
+	have rabbitmqctl && rabbit_cli_usable || return 0
+	[[ -f $BROKER_CONF && -f $BROKER_DEFINITIONS ]] || return 0
+	size=$(sed -n 's/^max_message_size *= *\([0-9]*\)$/\1/p' "$BROKER_CONF")
+	if [[ -n $size ]]; then
+		current=$(rabbitmqctl -q eval 'application:get_env(rabbit, max_message_size).' 2>/dev/null)
+		if [[ $current != "{ok,$size}" ]]; then
+			if out=$(rabbitmqctl -q eval "application:set_env(rabbit, max_message_size, $size)." 2>&1); then
+				say "..   max_message_size set to $size bytes"
+			else
+				fail rabbitmq "cannot set max_message_size: $out"
+			fi
+		fi
+	fi
+	for vhost in / "${VHOSTS[@]}"; do
+		# vhost, name, pattern, apply-to, definition, priority: one line per policy.
+		listed=$(rabbitmqctl -s list_policies -p "$vhost" 2>/dev/null) || continue
+		while IFS=$'\t' read -r name pattern definition apply priority; do
+			[[ $'\n'$listed$'\n' == *$'\n'"$vhost"$'\t'"$name"$'\t'"$pattern"$'\t'"$apply"$'\t'"$definition"$'\t'"$priority"$'\n'* ]] && continue
+			if out=$(rabbitmqctl -q set_policy -p "$vhost" --apply-to "$apply" --priority "$priority" \
+				"$name" "$pattern" "$definition" 2>&1 </dev/null); then
+				say "..   policy $name set on vhost $vhost"
+			else
+				fail rabbitmq "cannot set policy $name on vhost $vhost: $out"
+			fi
+		done < <(policy_lines)
+	done
+}
+
 # --- report ---
 
 report() {
@@ -341,7 +384,7 @@ main() {
 		ensure_up "$svc" || continue
 		case $svc in
 		postgresql) ensure_databases || true ;;
-		rabbitmq) ensure_vhosts || true ;;
+		rabbitmq) ensure_vhosts && ensure_broker_limits || true ;;
 		esac
 	done
 	report

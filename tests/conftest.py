@@ -30,4 +30,6 @@ os.environ.update(
     RETRY_BACKOFF_MAX_SECONDS="2",
     # Test workers serve no metrics unless a test gives them a port of its own.
     METRICS_PORT="0",
+    # Under RabbitMQ's max_message_size, so that the workers' own refusal is what is tested.
+    MAX_MESSAGE_BYTES="65536",
 )

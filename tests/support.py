@@ -98,7 +98,7 @@ def reset_broker() -> None:
     Declared again at once: a producer's connection remembers the queues it declared, and
     would publish a vote into an exchange with no queue bound to it.
     """
-    from votes_app.celery import app, declare_dead_letters
+    from votes_app.celery import app, declare_topology
 
     with app.connection_for_write() as connection:
         channel: Any = connection.default_channel
@@ -106,7 +106,7 @@ def reset_broker() -> None:
             channel.queue_delete(name)
         for queue in app.conf.task_queues:
             queue.bind(channel).declare()
-        declare_dead_letters(connection)
+        declare_topology(connection)
 
 
 def vote(vote_hash: str, law_id: str, choice: str, **extra: Any) -> dict[str, Any]:

@@ -37,21 +37,39 @@ class SettledBatches(Batches):  # type: ignore[misc]
     Each batch is also announced as one task to event consumers (Flower, exporters), which
     `Batches` leaves silent: one event per batch, not two per vote.
 
+    A message with an ETA (a retry the worker sent itself, due within MAX_ETA_SECONDS: the
+    intake refuses later ones) waits in the worker until it is due, as Celery's default
+    strategy makes it wait: with the prefetch window raised by one meanwhile, so that
+    waiting messages never take the place of votes that are due.
+
     `flush` is celery-batches' name for running a buffered batch; in the rest of votes_app a
     flush is the tally flush (`flush_tallies`) alone.
     """
 
     Request = "votes_app.consumer:VotesRequest"
     _events: Any = None
+    _qos: Any = None
+    _waiting: set[str] = set()
 
     def Strategy(self, task: Batches, app: Celery, consumer: Any) -> Callable[..., None]:
         # Celery's hook for a task's own message handling, called again after every broker
         # reconnect. The reconnect cleared the worker's timer, the batch timer included:
-        # forget it, or no partial batch would run again until the worker restarts.
+        # forget it, or no partial batch would run again until the worker restarts. The
+        # prefetch window is the new connection's too: what waited on the old one is gone.
         self._tref = None
         self._events = consumer.event_dispatcher
-        strategy: Callable[..., None] = super().Strategy(task, app, consumer)
-        return strategy
+        self._qos, self._waiting = consumer.qos, set()
+        buffer: Callable[..., None] = super().Strategy(task, app, consumer)
+
+        def task_message_handler(message: Any, *args: Any, **kwargs: Any) -> None:
+            headers = message.headers or {}
+            if headers.get("eta"):
+                # Celery's default strategy does the same for its ETA tasks.
+                self._waiting.add(str(headers.get("id")))
+                self._qos.increment_eventually()
+            buffer(message, *args, **kwargs)
+
+        return task_message_handler
 
     def _announce(self, kind: str, **fields: Any) -> None:
         if self._events is not None and self._events.enabled:
@@ -60,6 +78,10 @@ class SettledBatches(Batches):  # type: ignore[misc]
     def flush(self, requests: Collection[CeleryRequest]) -> Any:
         """Run one batch in the pool; settle each of its messages when it returns."""
         requests = list(requests)
+        for request in requests:
+            if request.id in self._waiting:
+                self._waiting.discard(request.id)
+                self._qos.decrement_eventually()
         batch = ([SimpleRequest.from_request(request) for request in requests],)
         batch_id = uuid.uuid4().hex
         started = time.monotonic()

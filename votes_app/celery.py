@@ -9,41 +9,42 @@ from typing import Any
 
 from celery import Celery, signals
 from celery.utils.log import get_logger
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 
-from votes_app import metrics
+from votes_app import metrics, topology
 from votes_app.config import Settings, get_settings
 from votes_app.redaction import EscapeControlCharacters, argument_reprs
 from votes_app.resources import forget_inherited_connections
+from votes_app.topology import (
+    AGGREGATION,
+    ALL_QUEUES,
+    DEAD,
+    DEAD_EXCHANGE,
+    DEAD_QUEUE,
+    INTERNAL_TASKS,
+    REVIEW,
+    VALIDATION,
+    VOTES_EXCHANGE,
+    WORK_QUEUES,
+    task_queues,
+)
+
+__all__ = [
+    "AGGREGATION",
+    "ALL_QUEUES",
+    "DEAD",
+    "DEAD_EXCHANGE",
+    "DEAD_QUEUE",
+    "REVIEW",
+    "TASK_ROUTES",
+    "VALIDATION",
+    "VOTES_EXCHANGE",
+    "WORK_QUEUES",
+    "app",
+    "declare_topology",
+]
 
 logger = get_logger(__name__)
-
-VALIDATION = "votes.validation"
-AGGREGATION = "votes.aggregation"
-REVIEW = "votes.review"
-DEAD = "votes.dead"
-# The queues workers consume, and with votes.dead every queue of the application.
-WORK_QUEUES = (VALIDATION, AGGREGATION, REVIEW)
-ALL_QUEUES = (*WORK_QUEUES, DEAD)
-
-VOTES_EXCHANGE = Exchange("votes", type="direct", durable=True)
-# Fanout keeps each dead message's original routing key, so a replay knows its queue.
-DEAD_EXCHANGE = Exchange(DEAD, type="fanout", durable=True)
-DEAD_QUEUE = Queue(DEAD, DEAD_EXCHANGE, durable=True)
-
-
-def task_queues(settings: Settings) -> tuple[Queue, ...]:
-    # A message rejected without requeue (unknown task, undecodable, failed for good) is
-    # dead-lettered by RabbitMQ into votes.dead instead of vanishing.
-    arguments: dict[str, Any] = {"x-dead-letter-exchange": DEAD}
-    if settings.queue_type == "quorum":
-        # Quorum queues count deliveries themselves and dead-letter past the limit.
-        arguments |= {"x-queue-type": "quorum", "x-delivery-limit": settings.max_redeliveries}
-    return tuple(
-        Queue(name, VOTES_EXCHANGE, routing_key=name, durable=True, queue_arguments=arguments)
-        for name in WORK_QUEUES
-    )
-
 
 TASK_ROUTES = {
     "votes_app.validate_vote": {"queue": VALIDATION},
@@ -102,20 +103,54 @@ app = Celery("votes_app", include=["votes_app.tasks"])
 app.conf.update(celery_config(get_settings()))
 
 
-def declare_dead_letters(connection: Connection) -> None:
-    """Declare votes.dead: the work queues name it, and RabbitMQ drops what has nowhere to go."""
-    DEAD_QUEUE.bind(connection.default_channel).declare()
+def declare_topology(connection: Connection) -> None:
+    """Declare every exchange, queue and binding: RabbitMQ drops what has nowhere to go."""
+    topology.declare(connection, get_settings())
+
+
+# Remote-control commands a worker obeys: those that only read (Flower's pages, health
+# checks' `inspect ping`, the exporters) and turning events on. Anyone who may publish to
+# celery.pidbox could otherwise revoke votes by task id, stop every worker, or stall them
+# (rate and time limits, pool and consumer changes); operators stop workers with signals.
+READ_ONLY_CONTROL = frozenset(
+    {
+        "ping", "hello", "heartbeat", "clock", "election", "report", "stats", "conf",
+        "dump_conf", "active_queues", "registered", "dump_tasks", "active", "dump_active",
+        "reserved", "dump_reserved", "scheduled", "dump_schedule", "revoked", "dump_revoked",
+        "query_task", "enable_events",
+    }
+)  # fmt: skip
 
 
 @signals.worker_init.connect
-def _declare_dead_letters_on_start(**_: Any) -> None:
+def _obey_read_only_control(**_: Any) -> None:
+    # The worker's mailbox dispatches from this registry: a command not in it is answered
+    # with an error and changes nothing (kombu.pidbox.Node.dispatch).
+    from celery.worker.control import Panel
+
+    for command in set(Panel.data) - READ_ONLY_CONTROL:
+        del Panel.data[command]
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _declare_topology_on_start(**_: Any) -> None:
+    # Beat too: it declares the exchange `votes` when it first publishes a flush, and a
+    # producer's vote routed there before any worker had bound votes.validation would be
+    # confirmed, then dropped.
     with app.connection_for_write() as connection:
-        declare_dead_letters(connection)
+        declare_topology(connection)
 
 
 @signals.before_task_publish.connect
-def _redact_argument_reprs(body: Any, headers: dict[str, Any], **_: Any) -> None:
-    # Every task message this app sends (votes handed on, retries, a producer's votes):
+def _sign_and_redact(
+    sender: str, body: Any, headers: dict[str, Any], properties: dict[str, Any], **_: Any
+) -> None:
+    # Every task message this app sends (votes handed on, retries, a producer's votes).
+    # An internal task names its sender in user_id, which RabbitMQ refuses unless it is the
+    # connection's own user: the worker that receives it knows who sent it.
+    if sender in INTERNAL_TASKS:
+        properties.setdefault("user_id", get_settings().broker_user)
     # Celery's own reprs would carry the vote's fields into headers and task events.
     args, kwargs, _options = body
     headers["argsrepr"], headers["kwargsrepr"] = argument_reprs(args, kwargs)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal, Self
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from votes_app import placeholders
 
@@ -62,6 +63,22 @@ class Settings(BaseSettings):
     queue_type: Literal["classic", "quorum"] = "classic"
     # A message that keeps coming back (its worker dies on it each time) goes to votes.dead.
     max_redeliveries: int = Field(default=10, ge=1)
+    # What the broker holds, at most (RabbitMQ policies, votes_app.topology): each work
+    # queue refuses new messages past QUEUE_MAX_BYTES (producers get a nack), votes.dead
+    # keeps DEAD_LETTER_MAX_BYTES. Size the broker's disk for their sum plus its
+    # disk_free_limit (docs/OPERATIONS.md).
+    queue_max_bytes: int = Field(default=4 * 2**30, ge=2**20)
+    dead_letter_max_bytes: int = Field(default=2**30, ge=2**20)
+
+    # What a producer may send. A message larger than MAX_MESSAGE_BYTES is refused (by
+    # RabbitMQ's max_message_size where it is set, by the worker in any case); a task due
+    # more than MAX_ETA_SECONDS ahead would sit unacknowledged in a worker's prefetch, and
+    # goes to votes.dead instead. Internal tasks (aggregation, flush, review) run only when
+    # RabbitMQ vouches (user_id) that one of TRUSTED_PUBLISHERS (comma-separated RabbitMQ
+    # users) sent them; empty, the user of CELERY_BROKER_URL alone.
+    max_message_bytes: int = Field(default=256 * 1024, ge=4096)
+    max_eta_seconds: int = Field(default=900, ge=1)
+    trusted_publishers: Annotated[frozenset[str], NoDecode] = frozenset()
 
     # Pipeline behaviour.
     validate_batch_size: int = Field(default=100, ge=1, le=10_000)
@@ -98,6 +115,13 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("trusted_publishers", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(name.strip() for name in value.split(",") if name.strip())
+        return value
+
     @field_validator("*")
     @classmethod
     def _no_placeholder_password(cls, value: object, info: ValidationInfo) -> object:
@@ -108,9 +132,29 @@ class Settings(BaseSettings):
                 raise ValueError(problem)
         return value
 
+    @model_validator(mode="after")
+    def _own_retries_within_the_eta_bound(self) -> Self:
+        # The workers' own retries are delayed tasks too: they must never be refused.
+        longest = max(self.retry_backoff_max_seconds, self.roll_missing_retry_seconds)
+        if self.max_eta_seconds <= longest:
+            raise ValueError(
+                f"MAX_ETA_SECONDS ({self.max_eta_seconds}) must exceed the longest retry delay "
+                f"(RETRY_BACKOFF_MAX_SECONDS, ROLL_MISSING_RETRY_SECONDS: {longest:g})"
+            )
+        return self
+
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url.get_secret_value()
+
+    @property
+    def broker_user(self) -> str:
+        return unquote(urlsplit(self.broker_url).username or "guest")
+
+    @property
+    def trusted_users(self) -> frozenset[str]:
+        """RabbitMQ users whose internal tasks workers run."""
+        return self.trusted_publishers or frozenset({self.broker_user})
 
 
 @lru_cache

@@ -5,23 +5,31 @@ message is not a task or names an unknown task, and stops the worker when a task
 has the wrong shape. Here every such message is rejected without requeue, which RabbitMQ
 dead-letters to votes.dead, and logged in one line without its body: a vote in the wrong
 format still carries a hash and perhaps a citizen id.
+
+Before Celery sees a task message, the intake also refuses what a producer may not send
+(`admissible`): a message over MAX_MESSAGE_BYTES, a task due more than MAX_ETA_SECONDS
+ahead (the worker would hold it unacknowledged, in its prefetch, until then), and an
+internal task whose `user_id` is not a trusted publisher's.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.exceptions import InvalidTaskError
 from celery.utils.log import get_logger
+from celery.utils.time import maybe_iso8601
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from redis import RedisError
 
-from votes_app.config import get_settings
+from votes_app.config import Settings, get_settings
 from votes_app.dead_letters import identify, remember_reason
 from votes_app.resources import get_redis
+from votes_app.topology import INTERNAL_TASKS
 
 logger = get_logger(__name__)
 
@@ -46,6 +54,32 @@ class VotesRequest(Request):
             and isinstance(payload[1], Mapping)
         ):
             raise InvalidTaskError("task body is not [args, kwargs, options]")
+
+
+def admissible(message: Any, settings: Settings, now: datetime) -> str | None:
+    """Why a producer may not send this task message; None when it may."""
+    headers = message.headers or {}
+    size = len(message.body or b"")
+    if size > settings.max_message_bytes:
+        return f"message of {size} bytes, over MAX_MESSAGE_BYTES ({settings.max_message_bytes})"
+    task = headers.get("task")
+    if task in INTERNAL_TASKS:
+        user = (message.properties or {}).get("user_id")
+        if user not in settings.trusted_users:
+            shown = str(user)[:NAME_SHOWN] if user is not None else "no user_id"
+            return f"internal task {task} from an untrusted publisher ({shown})"
+    if eta := headers.get("eta"):
+        try:
+            due = maybe_iso8601(eta)
+        except (TypeError, ValueError, OverflowError):
+            due = None
+        if due is None:
+            return "invalid ETA value (not a date and time)"
+        if due.tzinfo is None:
+            due = due.replace(tzinfo=UTC)
+        if due - now > timedelta(seconds=settings.max_eta_seconds):
+            return f"due {due - now} ahead, beyond MAX_ETA_SECONDS ({settings.max_eta_seconds})"
+    return None
 
 
 class VotesConsumer(Consumer):
@@ -94,6 +128,9 @@ class VotesConsumer(Consumer):
 
         def on_task_received(message: Any) -> None:
             try:
+                if refused := admissible(message, get_settings(), datetime.now(UTC)):
+                    self._refuse(message, "task message refused: %s", refused)
+                    return
                 handle(message)
             except connection_errors:
                 raise  # the consumer reconnects; the broker redelivers

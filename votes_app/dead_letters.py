@@ -18,7 +18,7 @@ from kombu.message import Message
 from pydantic import ValidationError
 
 from votes_app import metrics, quotas
-from votes_app.celery import DEAD, TASK_ROUTES, VOTES_EXCHANGE, declare_dead_letters
+from votes_app.celery import DEAD, TASK_ROUTES, VOTES_EXCHANGE, declare_topology
 from votes_app.config import get_settings
 from votes_app.redaction import argument_reprs, escape, sample_of, shape
 from votes_app.resources import get_redis
@@ -167,7 +167,7 @@ def identify(message: Any) -> str:
 def _drain(connection: Connection, limit: int) -> Iterator[tuple[Any, Message]]:
     """Take up to `limit` messages from votes.dead without acknowledging them; whatever is
     not acknowledged goes back to the queue when the channel closes."""
-    declare_dead_letters(connection)
+    declare_topology(connection)
     channel: Any = connection.channel()
     try:
         for _ in range(limit):
@@ -255,7 +255,9 @@ def replay(
                         for k, v in message.properties.items()
                         if k in ("correlation_id", "reply_to", "message_id")
                     }
-                    | {"delivery_mode": 2},
+                    # The replaying user vouches for the copy (RabbitMQ checks user_id):
+                    # an internal task runs again only if that user is a trusted one.
+                    | {"delivery_mode": 2, "user_id": get_settings().broker_user},
                 ),
                 exchange=VOTES_EXCHANGE.name,
                 routing_key=queue,

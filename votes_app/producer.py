@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from itertools import takewhile
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from amqp.exceptions import AccessRefused
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
-from votes_app.celery import VALIDATION, app, declare_dead_letters
+from votes_app.celery import VALIDATION, app, declare_topology
+from votes_app.topology import INTAKE_EXCHANGE
 
 T = TypeVar("T")
 
@@ -22,15 +25,22 @@ class ConfirmWindow(Generic[T]):
     (delivery tags count from 1 on a channel in confirm mode). `wait_for_confirms` waits
     until the broker has confirmed or refused them all and returns the refused ones; after a lost
     connection, `unconfirmed` lists what may not have reached the broker.
+
+    Messages are published `mandatory`: one that no queue takes comes back (`basic.return`,
+    identified by `key`, its task id) before the broker acks it, and counts as refused, not
+    confirmed. Without it RabbitMQ confirms an unroutable message and drops it.
     """
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, *, key: Callable[[T], str]) -> None:
         channel.confirm_select()
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
+        channel.events["basic_return"].add(self._on_return)
+        self._key = key
         self._next_tag = 1
         self._pending: dict[int, T] = {}
         self._refused: list[T] = []
+        self._returned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -47,7 +57,13 @@ class ConfirmWindow(Generic[T]):
 
     def _on_ack(self, tag: int, multiple: bool) -> None:
         for done in self._covered(tag, multiple):
-            del self._pending[done]
+            item = self._pending.pop(done)
+            if self._key(item) in self._returned:
+                self._returned.discard(self._key(item))
+                self._refused.append(item)
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        self._returned.add(str((message.headers or {}).get("id")))
 
     def _on_nack(self, tag: int, multiple: bool) -> None:
         for refused in self._covered(tag, multiple):
@@ -83,10 +99,16 @@ class VotePublisher:
     """
 
     def __init__(
-        self, *, window: int = 1, confirm_timeout: float = 30.0, max_reconnects: int = 5
+        self,
+        *,
+        window: int = 1,
+        confirm_timeout: float = 30.0,
+        max_reconnects: int = 5,
+        broker_url: str | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
+        self.broker_url = broker_url  # None: CELERY_BROKER_URL
         self.window = window
         self.confirm_timeout = confirm_timeout
         self.max_reconnects = max_reconnects
@@ -137,11 +159,18 @@ class VotePublisher:
                 refused = self._confirms.wait_for_confirms(self._connection, self.confirm_timeout)
                 if not refused:
                     return
+                # Refused (a full queue) or returned (no queue bound): declare again, resend.
+                declare_topology(self._connection)
                 self._send_again(refused)
             except self._connection_errors:
                 # A confirm that timed out also lands here: the same cure.
                 self._reconnect()
-        raise ConnectionError(f"votes still unconfirmed after {self.max_reconnects} reconnects")
+        unconfirmed = len(self._confirms.unconfirmed) if self._confirms is not None else 0
+        raise ConnectionError(
+            f"{unconfirmed} votes still unconfirmed after "
+            f"{self.max_reconnects} attempts: the broker refused them, could not route them "
+            "or did not answer"
+        )
 
     @property
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
@@ -151,15 +180,21 @@ class VotePublisher:
 
     def _connect(self) -> None:
         # Confirms are handled here, a window at a time, not by the transport per message.
-        connection = app.connection_for_write(transport_options={"confirm_publish": False})
+        connection = app.connection_for_write(
+            url=self.broker_url, transport_options={"confirm_publish": False}
+        )
         connection.ensure_connection(max_retries=self.max_reconnects)
         self._connection = connection
         channel = connection.default_channel
         # Declared once per connection, not (as Celery would) checked before every message.
-        declare_dead_letters(connection)
-        app.amqp.queues[VALIDATION].bind(channel).declare()
+        # A producer's own RabbitMQ user may not declare anything (docs/ROLES.md): then the
+        # topology is the broker's (definitions), and `mandatory` returns what it lacks.
+        try:
+            declare_topology(connection)
+        except AccessRefused:
+            channel = connection.default_channel  # the refusal closed the channel; revived
         unconfirmed = self._confirms.unconfirmed if self._confirms is not None else []
-        self._confirms = ConfirmWindow(channel)
+        self._confirms = ConfirmWindow(channel, key=lambda vote: vote[0])
         self._producer = app.amqp.Producer(channel)
         self._send_again(unconfirmed)
 
@@ -191,6 +226,10 @@ class VotePublisher:
             kwargs=kwargs,
             task_id=task_id,
             producer=self._producer,
+            # The producers' route (votes_app.topology): a vote no queue takes comes back.
+            exchange=INTAKE_EXCHANGE.name,
+            routing_key=VALIDATION,
+            mandatory=True,
             declare=[],
             # A reconnect inside Celery would open a channel that knows nothing of the
             # confirms awaited on this one: connection errors come back here instead.

@@ -19,9 +19,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from kombu import Queue
 
-from votes_app.celery import DEAD_EXCHANGE, DEAD_QUEUE, TASK_ROUTES, VOTES_EXCHANGE, task_queues
+from votes_app import topology
+from votes_app.celery import TASK_ROUTES
 from votes_app.config import Settings
 from votes_app.metrics import OUTCOMES
 
@@ -53,8 +53,8 @@ SERVICES = {
     "grafana",
 }
 APP_IMAGE = "votes_app:latest"
-WORK_QUEUES = {queue.name for queue in task_queues(Settings())}
-ALL_QUEUES = WORK_QUEUES | {DEAD_QUEUE.name}
+WORK_QUEUES = set(topology.WORK_QUEUES)
+ALL_QUEUES = set(topology.ALL_QUEUES)
 SETTINGS_VARIABLES = {name.upper() for name in Settings.model_fields}
 # Read by the worker or Flower themselves, not by votes_app.config.
 EXTRA_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR"}
@@ -393,6 +393,9 @@ def test_redis_persists_with_aof(services: dict[str, Any]) -> None:
 
     assert "--appendonly yes" in command
     assert "--maxmemory-policy noeviction" in command
+    # A ceiling that the memory alert measures against; docs/SCALING.md sizes it.
+    assert '--maxmemory "$$REDIS_MAXMEMORY"' in command
+    assert environment_of(services["redis"])["REDIS_MAXMEMORY"] == "${REDIS_MAXMEMORY:-3gb}"
     assert any(volume.endswith(":/data") for volume in services["redis"]["volumes"])
 
 
@@ -408,49 +411,59 @@ def test_flower_asks_for_a_password_and_keeps_its_state(services: dict[str, Any]
 # --- RabbitMQ ---------------------------------------------------------------------------
 
 
-def test_definitions_declare_the_queues_as_celery_does(services: dict[str, Any]) -> None:
+def test_definitions_are_those_the_code_declares(services: dict[str, Any]) -> None:
     definitions = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
     worker_environment = environment_of(services["worker-validation"])
     vhost = worker_environment["CELERY_BROKER_URL"].rsplit("/", 1)[1]
     settings = Settings.model_validate({"queue_type": worker_environment["QUEUE_TYPE"]})
-    declared: list[Queue] = [*task_queues(settings), DEAD_QUEUE]
-    queues = {q["name"]: q for q in definitions["queues"]}
-    exchanges = {e["name"]: e for e in definitions["exchanges"]}
-    bindings = {(b["source"], b["destination"], b["routing_key"]) for b in definitions["bindings"]}
 
-    # Passwords stay out of git: the user comes from RABBITMQ_DEFAULT_USER.
+    # `votes broker definitions` with the stack's settings: topology and policies as the
+    # workers declare and need them.
+    assert definitions == topology.definitions(settings, vhost)
+    # Passwords stay out of git: users.sh makes the users from the environment.
     assert "users" not in definitions
     assert environment_of(services["rabbitmq"])["RABBITMQ_DEFAULT_VHOST"] == vhost
-    assert definitions["vhosts"] == [{"name": vhost}]
-    assert set(queues) == ALL_QUEUES
-    for exchange in (VOTES_EXCHANGE, DEAD_EXCHANGE):
-        found = exchanges[exchange.name]
-        assert (found["type"], found["durable"], found["auto_delete"], found["vhost"]) == (
-            exchange.type,
-            exchange.durable,
-            exchange.auto_delete,
-            vhost,
-        )
-    # RabbitMQ refuses a declaration that differs from the existing queue in any of these.
-    for queue in declared:
-        found = queues[queue.name]
-        assert found["vhost"] == vhost
-        assert (found["durable"], found["auto_delete"]) == (queue.durable, queue.auto_delete)
-        assert found["arguments"] == (queue.queue_arguments or {}), queue.name
-        assert queue.exchange is not None
-        assert (queue.exchange.name, queue.name, queue.routing_key or "") in bindings
+    # No queue arguments: a plain Celery producer's declaration is the workers' own.
+    assert {q["name"] for q in definitions["queues"]} == ALL_QUEUES
+    assert all(q["arguments"] == {} for q in definitions["queues"])
+    policies = {p["name"]: p["definition"] for p in definitions["policies"]}
+    assert policies[topology.WORK_POLICY]["dead-letter-exchange"] == topology.DEAD
+    assert policies[topology.WORK_POLICY]["overflow"] == "reject-publish"
+    assert "max-length-bytes" in policies[topology.DEAD_POLICY]
 
 
-def test_the_imported_definitions_are_the_ones_in_the_repository(
+def test_the_broker_refuses_what_the_workers_refuse() -> None:
+    conf = (DEFINITIONS.parent / "rabbitmq.conf").read_text(encoding="utf-8")
+
+    default = Settings.model_fields["max_message_bytes"].default
+    assert f"max_message_size = {default}" in conf.splitlines()
+
+
+def test_rabbitmq_imports_the_repository_files_and_makes_the_role_users(
     services: dict[str, Any],
 ) -> None:
     rabbitmq = services["rabbitmq"]
     mounts = dict(volume.rsplit(":", 2)[:2] for volume in rabbitmq["volumes"] if ":ro" in volume)
     script = " ".join(command_of(rabbitmq))
+    users = (DEFINITIONS.parent / "users.sh").read_text(encoding="utf-8")
+    environment = environment_of(rabbitmq)
 
     assert mounts["./deploy/rabbitmq/definitions.json"] in script
     assert "import_definitions" in script
     assert mounts["./deploy/rabbitmq/rabbitmq.conf"].startswith("/etc/rabbitmq/conf.d/")
+    # Passwords from the environment, on every start, after the topology.
+    assert f"sh {mounts['./deploy/rabbitmq/users.sh']}" in script
+    for role in ("PRODUCER", "WORKER", "MONITOR"):
+        assert f"$RABBITMQ_{role}_PASSWORD" in users
+        assert f"RABBITMQ_{role}_PASSWORD" in environment
+    # Each client connects as its role's user, never as the administrator.
+    for name, service in services.items():
+        for value in [*environment_of(service).values(), *command_of(service)]:
+            if "amqp://" in str(value) or "rabbitmq:15672" in str(value):
+                assert "RABBITMQ_USER" not in str(value), name
+    monitor = ("RABBITMQ_MONITOR_USER", "RABBITMQ_MONITOR_PASSWORD")
+    assert all(v in environment_of(services["flower"])["CELERY_BROKER_URL"] for v in monitor)
+    assert all(v in " ".join(command_of(services["celery-exporter"])) for v in monitor)
 
 
 # --- Prometheus ---------------------------------------------------------------------------
@@ -608,6 +621,9 @@ def test_the_image_is_slim_runs_unprivileged_and_starts_a_worker() -> None:
 DUMMY_SECRETS = {
     "RABBITMQ_USER": "votes",
     "RABBITMQ_PASSWORD": "secret",
+    "RABBITMQ_PRODUCER_PASSWORD": "secret",
+    "RABBITMQ_WORKER_PASSWORD": "secret",
+    "RABBITMQ_MONITOR_PASSWORD": "secret",
     "REDIS_PASSWORD": "secret",
     "POSTGRES_USER": "votes",
     "POSTGRES_PASSWORD": "secret",

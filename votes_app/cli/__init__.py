@@ -12,6 +12,7 @@ from importlib.metadata import EntryPoint, entry_points
 import click
 
 from votes_app.cli.auditing import checkpoint, export, recount, verify
+from votes_app.cli.broker import broker
 from votes_app.cli.dead import dead
 from votes_app.cli.health import health
 from votes_app.cli.laws import certify, close, laws_group
@@ -86,6 +87,7 @@ for command in (
     recount,
     health,
     dead,
+    broker,
     preflight,
 ):
     main.add_command(command)

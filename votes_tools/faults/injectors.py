@@ -21,7 +21,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.engine import make_url
 
-from votes_app.celery import DEAD, VALIDATION, VOTES_EXCHANGE, app, declare_dead_letters
+from votes_app.celery import DEAD, VALIDATION, VOTES_EXCHANGE, app, declare_topology
 from votes_app.config import get_settings
 from votes_app.resources import get_redis
 from votes_tools.faults.options import BrokerRestart, RedisRestart
@@ -209,7 +209,7 @@ def bury_votes(messages: Sequence[tuple[str, dict[str, Any]]]) -> int:
         "time": datetime.now(UTC).replace(microsecond=0),
     }
     with app.connection_for_write() as connection:
-        declare_dead_letters(connection)
+        declare_topology(connection)
         producer = connection.Producer()
         for task_id, kwargs in messages:
             producer.publish(
