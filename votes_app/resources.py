@@ -8,7 +8,6 @@ from functools import lru_cache
 
 import redis
 import sqlalchemy as sa
-from amqp.exceptions import MessageNacked
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,10 +28,9 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     redis.TimeoutError,
     redis.OutOfMemoryError,
     redis.ReadOnlyError,
+    # Also what kombu makes of a confirmed publish the broker refused (`basic.nack`: a queue
+    # at QUEUE_MAX_BYTES, `reject-publish`): room comes back as the workers drain it.
     BrokerError,
-    # The broker refused a confirmed publish (a queue at QUEUE_MAX_BYTES, `reject-publish`):
-    # room comes back as the workers drain it.
-    MessageNacked,
     ConnectionError,
 )
 

@@ -3,6 +3,7 @@ refused back to it, workers keep starting, and each RabbitMQ user holds only its
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from amqp.exceptions import AccessRefused, ChannelError, PreconditionFailed
+from amqp.exceptions import AccessRefused, ChannelError, MessageNacked, PreconditionFailed
 from celery import Celery
 from kombu import Connection
 from kombu.exceptions import OperationalError
@@ -24,6 +25,7 @@ from votes_app.dead_letters import list_dead
 from votes_app.producer import VotePublisher
 from votes_app.resources import get_redis
 from votes_app.topology import INTAKE_EXCHANGE, VOTES_EXCHANGE
+from votes_tools.faults.injectors import rabbitmqctl
 from votes_tools.processes import python
 
 LAW = "loi-edge"
@@ -143,6 +145,29 @@ def test_a_producer_naming_the_queue_neither_stops_workers_nor_loses_votes(
     # A second worker starts on the queue the producer declared.
     with Worker(tmp_path / "second.log") as second:
         assert second.running()
+
+
+def test_a_full_queue_refuses_votes_back_to_their_producer() -> None:
+    # votes-work bounds each work queue (QUEUE_MAX_BYTES) with `reject-publish`; a policy of
+    # higher priority stands in for a queue that reached its bound.
+    rabbitmqctl(
+        "set_policy", "-p", VHOST, "--apply-to", "queues", "--priority", "99", "test-full",
+        "^votes\\.validation$", json.dumps({"max-length": 3, "overflow": "reject-publish"}),
+    )  # fmt: skip
+    try:
+        votes = ballots(5, "full")
+        for kwargs in votes[:3]:
+            recipe(kwargs)
+        with pytest.raises(OperationalError) as refused:
+            recipe(votes[3])
+        assert isinstance(refused.value.__cause__, MessageNacked)
+        with (
+            pytest.raises(ConnectionError, match="unconfirmed"),
+            VotePublisher(max_reconnects=1) as publisher,
+        ):
+            publisher.publish(votes[4])
+    finally:
+        rabbitmqctl("clear_policy", "-p", VHOST, "test-full")
 
 
 # --- roles ------------------------------------------------------------------------------
