@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import urllib.error
 import urllib.request
 from base64 import b64encode
@@ -32,7 +33,9 @@ from tests.unit.test_deploy_files import (
 )
 from votes_app import metrics
 from votes_app.celery import AGGREGATION, REVIEW, VALIDATION, app
+from votes_app.config import get_settings
 from votes_app.resources import TRANSIENT_ERRORS, get_redis
+from votes_app.status import queue_depths
 from votes_tools.polling import wait_for
 from votes_tools.processes import Beat, CeleryProcess, Worker, free_port, stop_all
 
@@ -81,12 +84,6 @@ def _answers(port: int) -> bool:
     return True
 
 
-def node_named(prefix: str) -> str:
-    """The full node name (`prefix@host`) of the running worker whose name starts so."""
-    replies = app.control.ping(timeout=1) or []
-    return next(node for reply in replies for node in reply if node.startswith(prefix + "@"))
-
-
 # The seed services' series with the labels known in advance: at zero before any vote.
 SEED_SERIES_AT_START: list[tuple[str, dict[str, str]]] = [
     *(("validation_votes_processed_total", {"status": status}) for status in metrics.OUTCOMES),
@@ -122,7 +119,11 @@ def test_split_deployment_counts_and_shows_what_happened(tmp_path: Path) -> None
     """The design's deployment: a worker on votes.validation alone, one on votes.aggregation and
     votes.review, one beat, and Flower. Each worker's /metrics holds the seed series from the
     start and counts what happened; Flower's history holds the vote batches, not the flushes."""
-    valid = [(voter_hash(n, LAWS[n % 2]), LAWS[n % 2]) for n in range(60)]
+    # More votes than the validation worker's prefetch window (the default settings'), so
+    # that some wait in the queue while its pool is stopped.
+    concurrency = 2
+    window = get_settings().worker_prefetch_multiplier * concurrency
+    valid = [(voter_hash(n, LAWS[n % 2]), LAWS[n % 2]) for n in range(window + 20)]
     load_roll(h for h, _ in valid)
     seconds = [vote(h, law, "oui") for h, law in valid[:10]]
     not_on_roll = [vote(voter_hash(10_000 + n, LAWS[0]), LAWS[0], "oui") for n in range(7)]
@@ -141,6 +142,7 @@ def test_split_deployment_counts_and_shows_what_happened(tmp_path: Path) -> None
         tmp_path / "validation.log",
         name="validation@%h",
         queues=[VALIDATION],
+        concurrency=concurrency,
         env=env_with(METRICS_PORT=str(v_port)),
     )
     aggregation = Worker(
@@ -171,18 +173,28 @@ def test_split_deployment_counts_and_shows_what_happened(tmp_path: Path) -> None
             moved = [s for s in SEED_SERIES_AT_START if value(samples, s[0], **s[1]) != 0]
             assert moved in ([], [FLUSHES_RUN]), f"not zero at start on :{port}: {moved}"
 
-        # validation_queue_size follows the queue on the validation-only worker: its consumer
-        # paused, the mix waits in votes.validation.
-        node = node_named("validation")
-        app.control.cancel_consumer(VALIDATION, destination=[node], reply=True)
-        publish(mix)
-        wait_for(
-            lambda: value(scrape(v_port), "validation_queue_size") == len(mix),
-            timeout=15,
-            interval=0.3,
-            what="validation_queue_size to count the waiting votes",
-        )
-        app.control.add_consumer(VALIDATION, destination=[node], reply=True)
+        # validation_queue_size follows the queue on the validation-only worker. Its pool
+        # stopped, the worker holds a prefetch window of votes and the rest wait in the queue,
+        # as they would behind a slow PostgreSQL.
+        pool = validation.children()
+        for pid in pool:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            publish(mix)
+            waiting = wait_for(
+                lambda: queue_depths()[VALIDATION] == len(mix) - window and len(mix) - window,
+                timeout=15,
+                what="the prefetch window to fill",
+            )
+            wait_for(
+                lambda: value(scrape(v_port), "validation_queue_size") == waiting,
+                timeout=15,
+                interval=0.2,
+                what="validation_queue_size to count the waiting votes",
+            )
+        finally:
+            for pid in pool:
+                os.kill(pid, signal.SIGCONT)
         # An aggregation message that can never be processed: an error and a dead letter.
         app.send_task("votes_app.aggregate_vote", kwargs={"recorded": {"law 001": {"oui": 1}}})
 
