@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,20 @@ def test_a_full_queue_refuses_votes_back_to_their_producer() -> None:
             publisher.publish(votes[4])
     finally:
         rabbitmqctl("clear_policy", "-p", VHOST, "test-full")
+
+
+def test_votes_due_later_do_not_hold_back_votes_due_now(tmp_path: Path) -> None:
+    # Within MAX_ETA_SECONDS a delayed vote waits in the worker, as Celery's own delayed
+    # tasks do, with the prefetch window raised while it waits: here a window of 2 holds
+    # 5 such votes, and a vote due now still goes through.
+    later, now = ballots(5, "later"), ballots(1, "now")
+    due = datetime.now(UTC) + timedelta(seconds=120)
+    for kwargs in later:
+        app.send_task("votes_app.validate_vote", kwargs=kwargs, eta=due)
+    small_window = os.environ | {"WORKER_PREFETCH_MULTIPLIER": "2"}
+    with Worker(tmp_path / "worker.log", concurrency=1, env=small_window):
+        app.send_task("votes_app.validate_vote", kwargs=now[0])
+        wait_until(lambda: recorded() == 1, timeout=30, what="the vote due now")
 
 
 # --- roles ------------------------------------------------------------------------------
