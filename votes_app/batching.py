@@ -48,7 +48,7 @@ class SettledBatches(Batches):  # type: ignore[misc]
 
     Request = "votes_app.consumer:VotesRequest"
     _events: Any = None
-    _qos: Any = None
+    _consumer: Any = None
     _waiting: set[str] = set()
 
     def Strategy(self, task: Batches, app: Celery, consumer: Any) -> Callable[..., None]:
@@ -58,7 +58,9 @@ class SettledBatches(Batches):  # type: ignore[misc]
         # prefetch window is the new connection's too: what waited on the old one is gone.
         self._tref = None
         self._events = consumer.event_dispatcher
-        self._qos, self._waiting = consumer.qos, set()
+        # consumer.qos is made after the strategies (celery/worker/consumer/tasks.py):
+        # read when used, not now, when it is None (or the previous connection's).
+        self._consumer, self._waiting = consumer, set()
         buffer: Callable[..., None] = super().Strategy(task, app, consumer)
 
         def task_message_handler(message: Any, *args: Any, **kwargs: Any) -> None:
@@ -66,7 +68,7 @@ class SettledBatches(Batches):  # type: ignore[misc]
             if headers.get("eta"):
                 # Celery's default strategy does the same for its ETA tasks.
                 self._waiting.add(str(headers.get("id")))
-                self._qos.increment_eventually()
+                self._consumer.qos.increment_eventually()
             buffer(message, *args, **kwargs)
 
         return task_message_handler
@@ -81,7 +83,7 @@ class SettledBatches(Batches):  # type: ignore[misc]
         for request in requests:
             if request.id in self._waiting:
                 self._waiting.discard(request.id)
-                self._qos.decrement_eventually()
+                self._consumer.qos.decrement_eventually()
         batch = ([SimpleRequest.from_request(request) for request in requests],)
         batch_id = uuid.uuid4().hex
         started = time.monotonic()
