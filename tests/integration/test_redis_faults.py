@@ -131,12 +131,12 @@ def test_a_read_only_replica_holds_votes_until_failover_ends(
 ) -> None:
     worker, hashes = start(private_redis, tmp_path)
     # A replica of a master that is gone: it answers reads, refuses writes (READONLY).
-    private_redis.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    private_redis.replicaof("127.0.0.1", free_port())
     with worker:
         send(hashes)
         wait_for_retry_or_dead(worker, "ReadOnlyError")
         assert count_rows("vote_audit") == 0
 
-        private_redis.execute_command("REPLICAOF", "NO", "ONE")  # promoted
+        private_redis.replicaof("NO", "ONE")  # promoted
 
         wait_recorded()
