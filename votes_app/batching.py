@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.utils.log import get_logger
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request as CeleryRequest
@@ -20,7 +21,7 @@ from votes_app.ballot_box import VoterRollMissing
 from votes_app.config import get_settings
 from votes_app.resources import TRANSIENT_ERRORS, get_ballot_box, session_scope
 from votes_app.schemas import Submission, utcnow
-from votes_app.validation import Outcome, validate
+from votes_app.validation import MalformedBulk, Outcome, unpack, validate
 
 logger = get_logger(__name__)
 
@@ -158,13 +159,7 @@ def _settle(
     measure = metrics.get()
     started = time.perf_counter()
     try:
-        outcome = validate(
-            submissions,
-            ballot_box=get_ballot_box(),
-            session_scope=session_scope,
-            now=utcnow(),
-            max_clock_skew=timedelta(seconds=get_settings().max_clock_skew_seconds),
-        )
+        outcome = _validate(submissions, utcnow())
         hand_on(outcome)
     except VoterRollMissing:
         # Hold the votes until the roll is loaded again: refusing them would be wrong.
@@ -189,6 +184,84 @@ def _settle(
         return [dead for request in requests for dead in _settle(task, [request], hand_on)]
     observe(outcome, seconds=time.perf_counter() - started)
     return []
+
+
+def settle_bulk(
+    task: Task,  # type: ignore[type-arg]
+    votes: object,
+    *,
+    hand_on: Callable[[Outcome], None],
+    send_alone: Callable[[Submission], None],
+) -> None:
+    """Validate the votes of one `validate_votes` message as one batch; hand the outcome on.
+
+    Each vote is judged as a `validate_vote` message would be, its `vote_id` standing for the
+    task id: a message redelivered or sent again finishes what the first run began and counts
+    nothing twice. A message that is not a list of votes goes to votes.dead. Infrastructure
+    errors propagate, and Celery sends the whole message again with a delay; a missing voter
+    roll holds it, its retry count kept. Anything else is narrowed down to the votes
+    responsible: each is validated alone, and one that still fails is sent on alone, as a
+    `validate_vote` message under its vote id, to reach votes.dead by itself.
+    """
+    settings = get_settings()
+    measure = metrics.get()
+    now = utcnow()
+    message_id = str(task.request.id)
+    try:
+        submissions, refused = unpack(
+            message_id, votes, max_votes=settings.validate_bulk_max, now=now
+        )
+    except MalformedBulk as exc:
+        measure.validation_errors.labels(error_type="MalformedBulk").inc()
+        dead_letters.send_to_dead(message_id, exc.reason, kind="failed")
+        raise Reject(exc.reason, requeue=False) from None
+    started = time.perf_counter()
+    try:
+        outcome = _validate(submissions, now)
+    except VoterRollMissing:
+        logger.warning("voter roll missing: holding a message of %d votes", len(submissions))
+        measure.validation_errors.labels(error_type="voter_roll_missing").inc()
+        measure.voter_roll_missing.set(1)
+        measure.votes_held.inc(len(submissions))
+        # Its retry count kept: waiting for an operator is no failure (as `retry_later`).
+        options: dict[str, Any] = {"retries": task.request.retries}
+        task.apply_async(
+            kwargs={"votes": votes},
+            task_id=message_id,
+            countdown=settings.roll_missing_retry_seconds,
+            **options,
+        )
+        return
+    except TRANSIENT_ERRORS as exc:
+        measure.validation_errors.labels(error_type=type(exc).__name__).inc()
+        raise
+    except Exception as exc:
+        measure.validation_errors.labels(error_type=type(exc).__name__).inc()
+        logger.exception("bulk message of %d votes failed: one by one", len(submissions))
+        outcome = Outcome()
+        for submission in submissions:
+            try:
+                alone = _validate([submission], now)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception:
+                send_alone(submission)
+                continue
+            outcome.recorded += alone.recorded
+            outcome.rejections += alone.rejections
+    outcome.rejections += refused
+    hand_on(outcome)
+    observe(outcome, seconds=time.perf_counter() - started)
+
+
+def _validate(submissions: list[Submission], now: datetime) -> Outcome:
+    return validate(
+        submissions,
+        ballot_box=get_ballot_box(),
+        session_scope=session_scope,
+        now=now,
+        max_clock_skew=timedelta(seconds=get_settings().max_clock_skew_seconds),
+    )
 
 
 def observe(outcome: Outcome, *, seconds: float) -> None:

@@ -48,6 +48,7 @@ logger = get_logger(__name__)
 
 TASK_ROUTES = {
     "votes_app.validate_vote": {"queue": VALIDATION},
+    "votes_app.validate_votes": {"queue": VALIDATION},
     "votes_app.aggregate_vote": {"queue": AGGREGATION},
     "votes_app.flush_tallies": {"queue": AGGREGATION},
     "votes_app.record_review": {"queue": REVIEW},

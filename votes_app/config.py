@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # Pipeline behaviour.
     validate_batch_size: int = Field(default=100, ge=1, le=10_000)
     validate_batch_ms: int = Field(default=50, ge=1)
+    # Votes in one `validate_votes` message at most (bulk intake): validated as one batch.
+    # 500 votes of about 250 bytes fit well within MAX_MESSAGE_BYTES.
+    validate_bulk_max: int = Field(default=500, ge=1, le=10_000)
     flush_interval_seconds: float = Field(default=1.0, gt=0)
     # How long Redis keeps a claim whose vote was never recorded (its worker died), and
     # the marks that count each duplicate message once: far longer than any redelivery.

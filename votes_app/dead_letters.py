@@ -207,18 +207,24 @@ def list_dead(
 
 
 def dead_votes(connection: Connection, *, limit: int = 1_000_000) -> Counter[str]:
-    """How many `validate_vote` messages wait in votes.dead, per law they name. A vote cast in
-    time but dead-lettered is counted only if replayed before its law closes."""
+    """How many votes wait in votes.dead, per law they name: each `validate_vote` message, and
+    each vote of a `validate_votes` one. A vote cast in time but dead-lettered is counted only
+    if replayed before its law closes."""
     per_law: Counter[str] = Counter()
     for _, message in _drain(connection, limit):
-        if (message.headers or {}).get("task") != "votes_app.validate_vote":
+        task = (message.headers or {}).get("task")
+        if task not in ("votes_app.validate_vote", "votes_app.validate_votes"):
             continue
         try:
             args, kwargs, _ = json.loads(message.body or b"")
-            law_id = kwargs.get("law_id") if "law_id" in kwargs else args[1]
-        except (TypeError, ValueError, AttributeError, IndexError):
+            if task == "votes_app.validate_votes":
+                law_ids = [vote["law_id"] for vote in kwargs["votes"]]
+            else:
+                law_ids = [kwargs.get("law_id") if "law_id" in kwargs else args[1]]
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError):
             continue  # not a vote anyone could count: it stays a dead letter
-        per_law[str(law_id)[:PREVIEW_MAX]] += 1
+        for law_id in law_ids:
+            per_law[str(law_id)[:PREVIEW_MAX]] += 1
     return per_law
 
 

@@ -1,7 +1,8 @@
-"""The producer client: `VotePublisher` publishes votes as `validate_vote` tasks, confirmed."""
+"""The producer client: `VotePublisher` publishes votes, one per message or grouped, confirmed."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from itertools import takewhile
@@ -13,6 +14,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from votes_app.celery import VALIDATION, app, declare_topology
+from votes_app.config import get_settings
 from votes_app.topology import INTAKE_EXCHANGE
 
 T = TypeVar("T")
@@ -87,15 +89,29 @@ class ConfirmWindow(Generic[T]):
         return [*self._refused, *self._pending.values()]
 
 
-class VotePublisher:
-    """Publishes votes as `validate_vote` tasks, with publisher confirms.
+# A task message as the publisher keeps it until the broker confirms it: task name, task
+# id, keyword arguments.
+Message = tuple[str, str, dict[str, Any]]
 
-    Up to `window` messages are in flight before `publish` waits for the broker's
-    confirms; `confirm()` (and leaving the `with` block without an error) waits for the
-    rest. The default window of 1 returns from `publish` only once that vote is on the
-    broker. A message the broker refuses, or that a lost connection leaves unconfirmed, is
-    sent again with the same task id: the pipeline counts a vote once however many copies
-    of its message arrive.
+VALIDATE_VOTE = "votes_app.validate_vote"
+VALIDATE_VOTES = "votes_app.validate_votes"
+
+
+class VotePublisher:
+    """Publishes votes with publisher confirms: one `validate_vote` message per vote, or, with
+    `max_batch` above 1, `validate_votes` messages of up to `max_batch` votes each.
+
+    Grouping works as a Kafka producer's `batch.size` and `linger.ms`: a vote joins the open
+    batch, which is sent when it holds `max_batch` votes, or when `publish` or `poll` finds
+    its first vote older than `linger_ms`; `confirm()` sends it at once. Each vote of a batch
+    carries its `vote_id` (given, or made here), which the pipeline treats as a single vote's
+    task id: a message sent again counts each of its votes once.
+
+    Up to `window` messages are in flight before the publisher waits for the broker's
+    confirms; `confirm()` (and leaving the `with` block without an error) waits for the rest.
+    A vote is on the broker only once `confirm()` has returned (or, with the default window
+    of 1 and no grouping, once `publish` has). A message the broker refuses, returns (no queue)
+    or that a lost connection leaves unconfirmed is sent again with the same ids.
     """
 
     def __init__(
@@ -105,17 +121,28 @@ class VotePublisher:
         confirm_timeout: float = 30.0,
         max_reconnects: int = 5,
         broker_url: str | None = None,
+        max_batch: int = 1,
+        linger_ms: float = 5.0,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
-        self.broker_url = broker_url  # None: CELERY_BROKER_URL
+        if not 1 <= max_batch <= get_settings().validate_bulk_max:
+            raise ValueError(f"max_batch must be 1-{get_settings().validate_bulk_max}")
+        if linger_ms < 0:
+            raise ValueError("linger_ms must not be negative")
         self.window = window
         self.confirm_timeout = confirm_timeout
         self.max_reconnects = max_reconnects
+        self.broker_url = broker_url  # None: CELERY_BROKER_URL
+        self.max_batch = max_batch
+        self.linger_ms = linger_ms
         self.reconnects = 0  # connections opened again after a lost one, for its owner to see
+        self.messages_sent = 0  # messages published, each once, resends not counted
         self._connection: Connection | None = None
         self._producer: Any = None
-        self._confirms: ConfirmWindow[tuple[str, dict[str, Any]]] | None = None
+        self._confirms: ConfirmWindow[Message] | None = None
+        self._batch: list[dict[str, Any]] = []
+        self._batch_opened = 0.0
 
     def __enter__(self) -> Self:
         self._connect()
@@ -135,24 +162,36 @@ class VotePublisher:
                 self._connection.release()
                 self._connection = None
 
-    def publish(self, kwargs: dict[str, Any], *, task_id: str | None = None) -> str:
-        """Send one vote; returns its task id. Resend with the same task id after an error:
-        the pipeline recognises its own message and counts the vote once."""
+    def publish(
+        self, kwargs: dict[str, Any], *, task_id: str | None = None, vote_id: str | None = None
+    ) -> str:
+        """Send one vote (`validate_vote` keyword arguments); returns its id, the task id of
+        its message or its `vote_id` in a batch. Resend with the same id after an error: the
+        pipeline recognises its own vote and counts it once."""
         if self._confirms is None:
             raise RuntimeError("publish outside of `with VotePublisher()`")
-        task_id = task_id or str(uuid.uuid4())
-        # Recorded first: if the send fails, the reconnect sends it again.
-        self._confirms.sent((task_id, kwargs))
-        try:
-            self._send(task_id, kwargs)
-        except self._connection_errors:
-            self._reconnect()
-        if len(self._confirms) >= self.window:
-            self.confirm()
-        return task_id
+        identity = vote_id or task_id or str(uuid.uuid4())
+        if self.max_batch == 1:
+            self._publish((VALIDATE_VOTE, identity, kwargs))
+            return identity
+        if not self._batch:
+            self._batch_opened = time.monotonic()
+        self._batch.append({**kwargs, "vote_id": identity})
+        if len(self._batch) >= self.max_batch:
+            self._send_batch()
+        else:
+            self.poll()
+        return identity
+
+    def poll(self) -> None:
+        """Send the open batch if its first vote has waited `linger_ms`."""
+        if self._batch and (time.monotonic() - self._batch_opened) * 1000 >= self.linger_ms:
+            self._send_batch()
 
     def confirm(self) -> None:
-        """Wait until the broker has every vote published so far."""
+        """Send the open batch, then wait until the broker has every vote published so far."""
+        if self._batch:
+            self._send_batch()
         for _ in range(self.max_reconnects + 1):
             assert self._confirms is not None and self._connection is not None
             try:
@@ -167,10 +206,26 @@ class VotePublisher:
                 self._reconnect()
         unconfirmed = len(self._confirms.unconfirmed) if self._confirms is not None else 0
         raise ConnectionError(
-            f"{unconfirmed} votes still unconfirmed after "
+            f"{unconfirmed} messages still unconfirmed after "
             f"{self.max_reconnects} attempts: the broker refused them, could not route them "
             "or did not answer"
         )
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        self._publish((VALIDATE_VOTES, str(uuid.uuid4()), {"votes": batch}))
+
+    def _publish(self, message: Message) -> None:
+        assert self._confirms is not None
+        self.messages_sent += 1
+        # Recorded first: if the send fails, the reconnect sends it again.
+        self._confirms.sent(message)
+        try:
+            self._send(message)
+        except self._connection_errors:
+            self._reconnect()
+        if len(self._confirms) >= self.window:
+            self.confirm()
 
     @property
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
@@ -194,20 +249,20 @@ class VotePublisher:
         except AccessRefused:
             channel = connection.default_channel  # the refusal closed the channel; revived
         unconfirmed = self._confirms.unconfirmed if self._confirms is not None else []
-        self._confirms = ConfirmWindow(channel, key=lambda vote: vote[0])
+        self._confirms = ConfirmWindow(channel, key=lambda message: message[1])
         self._producer = app.amqp.Producer(channel)
         self._send_again(unconfirmed)
 
-    def _send_again(self, votes: list[tuple[str, dict[str, Any]]]) -> None:
+    def _send_again(self, messages: list[Message]) -> None:
         assert self._confirms is not None
         # All recorded before any is sent: a failure halfway leaves every one unconfirmed.
-        for vote in votes:
-            self._confirms.sent(vote)
-        for task_id, kwargs in votes:
-            self._send(task_id, kwargs)
+        for message in messages:
+            self._confirms.sent(message)
+        for message in messages:
+            self._send(message)
 
     def _reconnect(self) -> None:
-        """A new connection, with every unconfirmed vote sent again on it."""
+        """A new connection, with every unconfirmed message sent again on it."""
         self.reconnects += 1
         for attempt in range(self.max_reconnects + 1):
             assert self._connection is not None
@@ -219,14 +274,15 @@ class VotePublisher:
                 if attempt == self.max_reconnects:
                     raise
 
-    def _send(self, task_id: str, kwargs: dict[str, Any]) -> None:
+    def _send(self, message: Message) -> None:
         """Hand one message to the broker (on the channel whose confirms are awaited)."""
+        name, task_id, kwargs = message
         app.send_task(
-            "votes_app.validate_vote",
+            name,
             kwargs=kwargs,
             task_id=task_id,
             producer=self._producer,
-            # The producers' route (votes_app.topology): a vote no queue takes comes back.
+            # The producers' route (votes_app.topology): a message no queue takes comes back.
             exchange=INTAKE_EXCHANGE.name,
             routing_key=VALIDATION,
             mandatory=True,

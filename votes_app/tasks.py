@@ -11,11 +11,11 @@ from celery.utils.log import get_task_logger
 from celery_batches import SimpleRequest
 
 from votes_app import dead_letters, metrics, review, status, tallies, validation
-from votes_app.batching import SettledBatches, settle
+from votes_app.batching import SettledBatches, settle, settle_bulk
 from votes_app.celery import app
 from votes_app.config import get_settings
 from votes_app.resources import TRANSIENT_ERRORS, get_redis, session_scope
-from votes_app.schemas import utcnow
+from votes_app.schemas import Submission, utcnow
 
 logger = get_task_logger(__name__)
 settings = get_settings()
@@ -72,6 +72,24 @@ def validate_vote(self: SettledBatches, requests: list[SimpleRequest]) -> list[s
     that can never be processed, which go to votes.dead; the others are acknowledged.
     """
     return settle(self, requests, hand_on=hand_on)
+
+
+@app.task(base=VotesTask, bind=True, name="votes_app.validate_votes", **RETRY_POLICY)
+def validate_votes(self: Task[..., None], votes: list[dict[str, Any]]) -> None:
+    """Judge the votes of one bulk message as one batch; record them and hand them on, or
+    send them to review.
+
+    Producers call it as `validate_votes(votes=[{vote_hash, law_id, choice, timestamp,
+    citizen_id=None, vote_id}, ...])`, up to VALIDATE_BULK_MAX votes per message, each with an
+    id of the producer's choosing (`votes_app.producer.VotePublisher(max_batch=...)` does).
+    """
+    settle_bulk(self, votes, hand_on=hand_on, send_alone=send_alone)
+
+
+def send_alone(submission: Submission) -> None:
+    """A vote of a bulk message that failed for no reason of the infrastructure's: on its
+    own, under its vote id, so that it alone reaches votes.dead if it fails again."""
+    validate_vote.apply_async(kwargs=dict(submission.kwargs), task_id=submission.task_id)
 
 
 def hand_on(outcome: validation.Outcome) -> None:

@@ -75,6 +75,63 @@ def judge(
     return votes, rejections
 
 
+# A producer's id for a vote of a bulk message: where a single vote's message has its task id.
+VOTE_ID_MAX_LENGTH = 200
+
+
+class MalformedBulk(Exception):
+    """A `validate_votes` message that is not a list of votes at all: it goes to votes.dead."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def unpack(
+    message_id: str, votes: object, *, max_votes: int, now: datetime
+) -> tuple[list[Submission], list[Rejection]]:
+    """The votes of a bulk message, each a submission identified by its `vote_id`, and the
+    entries refused as malformed before they are votes (no object, no usable or a repeated
+    `vote_id`), each identified by the message's id and its place in it.
+
+    Raises `MalformedBulk` when `votes` is not a list of at most `max_votes` entries.
+    """
+    if not isinstance(votes, list):
+        raise MalformedBulk(f"votes: must be a list, not {type(votes).__name__}")
+    if len(votes) > max_votes:
+        raise MalformedBulk(f"votes: {len(votes)} in one message, over VALIDATE_BULK_MAX")
+    submissions: list[Submission] = []
+    refused: list[Rejection] = []
+    seen: set[str] = set()
+
+    def malformed(index: int, reason: str, sample: str) -> Rejection:
+        return Rejection(
+            verdict=Verdict.MALFORMED,
+            task_id=f"{message_id}#{index}",
+            reason=clip(f"vote {index}: {reason}"),
+            seen_at=now,
+            sample=sample,
+        )
+
+    for index, entry in enumerate(votes):
+        if not isinstance(entry, Mapping):
+            refused.append(malformed(index, "must be an object", sample_of([], {"entry": entry})))
+            continue
+        fields = {name: value for name, value in entry.items() if name != "vote_id"}
+        vote_id = entry.get("vote_id")
+        if not isinstance(vote_id, str) or not 1 <= len(vote_id) <= VOTE_ID_MAX_LENGTH:
+            reason = f"vote_id: must be a string of 1-{VOTE_ID_MAX_LENGTH} characters"
+            refused.append(malformed(index, reason, sample_of([], fields)))
+        elif vote_id in seen:
+            refused.append(
+                malformed(index, "vote_id: repeated in this message", sample_of([], fields))
+            )
+        else:
+            seen.add(vote_id)
+            submissions.append(Submission(task_id=vote_id, args=(), kwargs=fields))
+    return submissions, refused
+
+
 def refusal(
     cast: CastVote, verdict: Verdict, reason: str, *, seen_at: datetime, attempt: int | None = None
 ) -> Rejection:

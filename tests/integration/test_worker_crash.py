@@ -27,6 +27,7 @@ from tests.support import (
     wait_for,
     wait_until_drained,
 )
+from votes_app.producer import VotePublisher
 
 LAWS = ("loi-21", "C.96", "projet_3")
 CHOICES = ("oui", "non")
@@ -63,15 +64,24 @@ def kill_whole_worker(worker: Worker) -> Worker:
     return Worker(worker.log.with_name("worker-restarted.log")).start()
 
 
+def publish_in_bulk(votes: list[dict[str, Any]]) -> None:
+    """As a grouping producer sends them: `validate_votes` messages of 100 votes."""
+    with VotePublisher(window=10, max_batch=100, linger_ms=1_000) as publisher:
+        for ballot in votes:
+            publisher.publish(ballot)
+
+
 @pytest.mark.parametrize(
-    "crash",
+    ("crash", "send"),
     [
-        pytest.param(kill_one_pool_process, id="pool-process"),
-        pytest.param(kill_whole_worker, id="whole-worker"),
+        pytest.param(kill_one_pool_process, publish, id="pool-process"),
+        pytest.param(kill_whole_worker, publish, id="whole-worker"),
+        pytest.param(kill_whole_worker, publish_in_bulk, id="whole-worker-mid-bulk"),
     ],
 )
 def test_every_vote_counted_once_after_sigkill(
     crash: Callable[[Worker], Worker],
+    send: Callable[[list[dict[str, Any]]], object],
     beat: Beat,
     engine: sa.Engine,
     redis_client: redis.Redis,
@@ -91,7 +101,7 @@ def test_every_vote_counted_once_after_sigkill(
     # Second votes anywhere in the stream: which of a voter's two votes wins is a race.
     rng.shuffle(stream)
     load_roll(voter_hash(v, law) for v, law in electorate)
-    publish(stream)
+    send(stream)
 
     choices_of: defaultdict[str, set[str]] = defaultdict(set)
     for ballot in first + second:

@@ -1,0 +1,145 @@
+"""Bulk intake: `validate_votes` carries many votes in one message, and every guarantee holds
+per vote: counted once however often the message comes, a bad vote spoils only itself."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import sqlalchemy as sa
+
+from tests.support import (
+    Beat,
+    Worker,
+    count_rows,
+    load_roll,
+    register_laws,
+    results,
+    vote,
+    voter_hash,
+    wait_for,
+    work_queues_empty,
+)
+from votes_app.celery import app
+from votes_app.dead_letters import list_dead
+from votes_app.producer import VotePublisher
+from votes_app.resources import get_engine, get_redis
+
+LAW = "loi-bulk"
+
+
+def ballots(count: int, tag: str, *, on_roll: bool = True) -> list[dict[str, Any]]:
+    hashes = [voter_hash(n, LAW, tag) for n in range(count)]
+    if on_roll:
+        load_roll(hashes)
+    else:
+        register_laws(LAW)
+    return [
+        vote(h, LAW, "oui" if n % 3 else "non") | {"vote_id": f"{tag}-{n}"}
+        for n, h in enumerate(hashes)
+    ]
+
+
+def send_bulk(votes: list[Any], message_id: str | None = None) -> str:
+    return str(
+        app.send_task("votes_app.validate_votes", kwargs={"votes": votes}, task_id=message_id).id
+    )
+
+
+def tallied() -> int:
+    return sum(results().values())
+
+
+def dead_reasons() -> dict[str, str]:
+    with app.connection_for_write() as connection:
+        return {d.task_id: d.reason for d in list_dead(connection, get_redis())}
+
+
+def test_a_bulk_message_counts_each_vote_once_and_refuses_only_the_bad_ones(
+    worker: Worker, beat: Beat
+) -> None:
+    good = ballots(40, "good")
+    strangers = ballots(3, "stranger", on_roll=False)
+    bad: list[Any] = [
+        {**good[0], "vote_id": "bad-choice", "choice": "peut-être"},
+        {**good[1], "vote_id": None},  # no usable id
+        "not an object",
+        {**good[2], "vote_id": "big", "comment": "x" * 10_000},  # one oversized vote
+        {**good[3]},  # good[3]'s id again in the same message
+    ]
+    message = send_bulk([*good[:20], *bad, *strangers, *good[20:]])
+
+    wait_for(lambda: tallied() == 40, timeout=60, what="the 40 good votes tallied")
+    wait_for(
+        lambda: count_rows("vote_review") == 5 + 3,
+        timeout=30,
+        what="the bad votes and the strangers reviewed",
+    )
+    assert count_rows("vote_audit") == 40
+    assert results() == Counter((LAW, b["choice"]) for b in good)
+    malformed = [
+        reason for (reason,) in rows("SELECT reason FROM vote_review WHERE kind = 'malformed'")
+    ]
+    for expected in (
+        "choice: Input should be",
+        "vote_id: must be a string",
+        "must be an object",
+        "comment: unexpected field",
+        "vote_id: repeated in this message",
+    ):
+        assert [r for r in malformed if expected in r], (expected, malformed)
+    assert count_rows("vote_review", "WHERE kind = 'invalid'") == 3
+    assert message not in dead_reasons()
+
+
+def test_a_bulk_message_sent_again_counts_nothing_twice(worker: Worker, beat: Beat) -> None:
+    votes = ballots(50, "again")
+    message = send_bulk(votes)
+    wait_for(lambda: tallied() == 50, timeout=60, what="the first copy counted")
+    # A producer that never saw the confirm sends it again; a resend may also be a new
+    # message holding the same votes.
+    send_bulk(votes, message)
+    send_bulk(list(reversed(votes)))
+    wait_for(
+        lambda: count_rows("vote_audit") == 50 and work_queues_empty(),
+        timeout=60,
+        what="the copies judged",
+    )
+    assert tallied() == 50
+    assert count_rows("duplicate_attempts") == 0
+    assert count_rows("vote_review") == 0
+
+
+def test_a_message_that_is_not_a_list_of_votes_goes_to_votes_dead(
+    worker: Worker, beat: Beat
+) -> None:
+    votes = ballots(2, "envelope")
+    refused = {
+        send_bulk({"votes": votes}): "votes: must be a list",  # type: ignore[arg-type]
+        send_bulk([{"vote_id": str(n)} for n in range(501)]): "501 in one message, over",
+    }
+    wait_for(lambda: set(refused) <= set(dead_reasons()), timeout=30, what="both in votes.dead")
+    reasons = dead_reasons()
+    for message, reason in refused.items():
+        assert reason in reasons[message]
+    assert count_rows("vote_audit") == 0
+
+
+def test_the_publisher_groups_votes_and_confirms_each_once_its_message_is(
+    worker: Worker, beat: Beat
+) -> None:
+    votes = ballots(1_000, "grouped")
+    with VotePublisher(window=4, max_batch=200, linger_ms=10_000) as publisher:
+        ids = [publisher.publish({k: v for k, v in b.items() if k != "vote_id"}) for b in votes]
+        # 1,000 votes, 5 messages of 200: the last went out full, nothing lingers.
+        assert publisher.messages_sent == 5
+        lingering = publisher.publish(ballots(1, "lingering")[0])
+        assert publisher.messages_sent == 5  # waits for more, up to linger_ms
+    assert publisher.messages_sent == 6  # leaving the block sent it and awaited its confirm
+    assert len(set(ids)) == 1_000 and lingering not in ids
+    wait_for(lambda: tallied() == 1_001, timeout=60, what="every grouped vote tallied")
+
+
+def rows(query: str) -> list[Any]:
+    with get_engine().connect() as connection:
+        return list(connection.execute(sa.text(query)))
