@@ -3,7 +3,9 @@ per vote: counted once however often the message comes, a bad vote spoils only i
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +17,7 @@ from tests.support import (
     load_roll,
     register_laws,
     results,
+    run_votes,
     vote,
     voter_hash,
     wait_for,
@@ -91,8 +94,21 @@ def test_a_bulk_message_counts_each_vote_once_and_refuses_only_the_bad_ones(
     assert count_rows("vote_review", "WHERE kind = 'invalid'") == 3
     assert message not in dead_reasons()
 
+    # A message that is not a list of votes, or too long a one, goes to votes.dead whole.
+    refused = {
+        send_bulk({"votes": good}): "votes: must be a list",  # type: ignore[arg-type]
+        send_bulk([{"vote_id": str(n)} for n in range(501)]): "501 in one message, over",
+    }
+    wait_for(lambda: set(refused) <= set(dead_reasons()), timeout=30, what="both in votes.dead")
+    reasons = dead_reasons()
+    for refused_id, reason in refused.items():
+        assert reason in reasons[refused_id]
+    assert count_rows("vote_audit") == 40
 
-def test_a_bulk_message_sent_again_counts_nothing_twice(worker: Worker, beat: Beat) -> None:
+
+def test_a_bulk_message_sent_again_counts_nothing_twice_and_publishers_group_votes(
+    worker: Worker, beat: Beat
+) -> None:
     votes = ballots(50, "again")
     message = send_bulk(votes)
     wait_for(lambda: tallied() == 50, timeout=60, what="the first copy counted")
@@ -109,37 +125,46 @@ def test_a_bulk_message_sent_again_counts_nothing_twice(worker: Worker, beat: Be
     assert count_rows("duplicate_attempts") == 0
     assert count_rows("vote_review") == 0
 
-
-def test_a_message_that_is_not_a_list_of_votes_goes_to_votes_dead(
-    worker: Worker, beat: Beat
-) -> None:
-    votes = ballots(2, "envelope")
-    refused = {
-        send_bulk({"votes": votes}): "votes: must be a list",  # type: ignore[arg-type]
-        send_bulk([{"vote_id": str(n)} for n in range(501)]): "501 in one message, over",
-    }
-    wait_for(lambda: set(refused) <= set(dead_reasons()), timeout=30, what="both in votes.dead")
-    reasons = dead_reasons()
-    for message, reason in refused.items():
-        assert reason in reasons[message]
-    assert count_rows("vote_audit") == 0
-
-
-def test_the_publisher_groups_votes_and_confirms_each_once_its_message_is(
-    worker: Worker, beat: Beat
-) -> None:
-    votes = ballots(1_000, "grouped")
+    # The producer's side: VotePublisher groups votes into messages of max_batch.
+    grouped = ballots(1_000, "grouped")
     with VotePublisher(window=4, max_batch=200, linger_ms=10_000) as publisher:
-        ids = [publisher.publish({k: v for k, v in b.items() if k != "vote_id"}) for b in votes]
+        ids = [publisher.publish({k: v for k, v in b.items() if k != "vote_id"}) for b in grouped]
         # 1,000 votes, 5 messages of 200: the last went out full, nothing lingers.
         assert publisher.messages_sent == 5
         lingering = publisher.publish(ballots(1, "lingering")[0])
-        assert publisher.messages_sent == 5  # waits for more, up to linger_ms
+        assert publisher.messages_sent == 5  # it waits for more, up to linger_ms
     assert publisher.messages_sent == 6  # leaving the block sent it and awaited its confirm
     assert len(set(ids)) == 1_000 and lingering not in ids
-    wait_for(lambda: tallied() == 1_001, timeout=60, what="every grouped vote tallied")
+    wait_for(lambda: tallied() == 1_051, timeout=60, what="every grouped vote tallied")
 
 
 def rows(query: str) -> list[Any]:
     with get_engine().connect() as connection:
         return list(connection.execute(sa.text(query)))
+
+
+def test_votes_submit_sends_a_file_in_bulk_and_again_without_counting_twice(
+    worker: Worker, beat: Beat, tmp_path: Path
+) -> None:
+    votes = ballots(30, "file")
+    lines = [
+        json.dumps(b if n % 2 else {k: v for k, v in b.items() if k != "vote_id"})
+        for n, b in enumerate(votes)
+    ]
+    source = tmp_path / "votes.jsonl"
+    source.write_text("\n".join([*lines[:10], "not json", *lines[10:]]) + "\n")
+
+    first = run_votes("submit", "--file", str(source), "--max-batch", "8")
+    assert first.returncode == 1  # one line is not a vote: said, and the rest published
+    assert "published 30 votes in 4 messages" in first.stdout
+    assert "skipped 1 lines" in first.stderr
+    wait_for(lambda: tallied() == 30, timeout=60, what="the file's votes tallied")
+    # The votes with an id are recognised when the file is sent again; the others are
+    # second votes of the same voters, refused as duplicates.
+    run_votes("submit", "--file", str(source), "--max-batch", "8")
+    wait_for(
+        lambda: count_rows("duplicate_attempts") == 15 and work_queues_empty(),
+        timeout=60,
+        what="the second sending judged",
+    )
+    assert tallied() == 30

@@ -1,4 +1,5 @@
-"""`votes submit`: publish votes as a producer service would, one `validate_vote` task each."""
+"""`votes submit`: publish votes as a producer service would: one vote, or a file of them
+grouped into `validate_votes` messages."""
 
 from __future__ import annotations
 
@@ -37,17 +38,36 @@ def read_votes(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | None]]:
     type=click.File("r", encoding="utf-8"),
     help="JSON lines, one object of validate_vote arguments per line (`-` for stdin).",
 )
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="With --file: votes per `validate_votes` message (1: a `validate_vote` message each).",
+)
+@click.option(
+    "--linger-ms",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="With --file: how long a vote may wait for others to fill its message.",
+)
 def submit(
     vote_hash: str | None,
     law_id: str | None,
     choice: str | None,
     timestamp: str | None,
     source: IO[str] | None,
+    max_batch: int,
+    linger_ms: float,
 ) -> None:
-    """Publish votes as `votes_app.validate_vote` tasks, as a producer service would.
+    """Publish votes as a producer service would, with publisher confirms.
 
-    Either one vote from --hash/--law/--choice, or many from --file. The worker judges
-    them: what this command sends is not checked here beyond being JSON objects.
+    Either one vote from --hash/--law/--choice (a `votes_app.validate_vote` task), or many
+    from --file, grouped into `votes_app.validate_votes` messages of up to --max-batch votes.
+    The worker judges them: what this command sends is not checked here beyond being JSON
+    objects. An object's `vote_id`, if it has one, is kept: sending the file again counts
+    nothing twice.
     """
     from votes_app.config import PUBLISH_WINDOW
     from votes_app.producer import VotePublisher
@@ -65,16 +85,25 @@ def submit(
 
     bad_lines: list[int] = []
     published = 0
-    with VotePublisher(window=PUBLISH_WINDOW) as publisher, progress_bar() as progress:
+    publisher_of_the_file = VotePublisher(
+        window=PUBLISH_WINDOW, max_batch=max_batch, linger_ms=linger_ms
+    )
+    with (
+        publisher_of_the_file as publisher,
+        progress_bar() as progress,
+    ):
         task = progress.add_task("publishing votes", total=None)
         for number, kwargs in read_votes(source):
             if kwargs is None:
                 bad_lines.append(number)
                 continue
-            publisher.publish(kwargs)
+            vote_id = kwargs.pop("vote_id", None) if max_batch > 1 else None
+            publisher.publish(kwargs, vote_id=str(vote_id) if vote_id is not None else None)
             published += 1
             progress.update(task, advance=1)
-    console.print(f"published {published:,} vote tasks")
+    # Read once the block has sent the last, partial message and awaited its confirm.
+    messages = publisher.messages_sent
+    console.print(f"published {published:,} votes in {messages:,} messages, all confirmed")
     if bad_lines:
         errors.print(
             f"skipped {len(bad_lines):,} lines that are not JSON objects: {bad_lines[:20]}"
