@@ -15,7 +15,7 @@ from typing import Any
 from kombu import Connection, Consumer, Queue
 
 from votes_app.config import get_settings
-from votes_app.producer import VotePublisher
+from votes_app.producer import Message, VotePublisher
 from votes_tools.bench.accounting import cpu_by_component, cpu_ticks, net_cpu_ms
 from votes_tools.bench.display import Display
 from votes_tools.bench.options import BenchOptions
@@ -35,7 +35,8 @@ class RawPublisher(VotePublisher):
     """`VotePublisher` with its confirm window and reconnects, sending each message with
     kombu alone (persistent, JSON) to the scratch queue instead of as a Celery task."""
 
-    def _send(self, task_id: str, kwargs: Any) -> None:
+    def _send(self, message: Message) -> None:
+        _, task_id, kwargs = message
         self._producer.publish(
             kwargs,
             exchange="",
