@@ -22,6 +22,8 @@ def plan(params: dict[str, Any], directory: Path) -> tuple[list[str], CampaignOp
     changes: dict[str, Any] = {"redis_restart": params["redis_restart"]}
     if params["votes"]:
         changes["votes"] = params["votes"]
+    if params["bulk"]:
+        changes["bulk"] = params["bulk"]
     if params["rabbitmq_restart"]:
         changes["broker_restart"] = params["rabbitmq_restart"]
     if params["real_restarts"]:
@@ -63,6 +65,11 @@ def plan(params: dict[str, Any], directory: Path) -> tuple[list[str], CampaignOp
     show_default=True,
     help="empty: empty this namespace's Redis index and drop its clients;"
     " shutdown: `redis-cli shutdown nosave` and start it again (for everyone).",
+)
+@click.option(
+    "--bulk",
+    type=click.IntRange(min=1, max=500),
+    help="Votes per validate_votes message (bulk intake); default 1, a validate_vote each.",
 )
 def faults(**params: Any) -> None:
     """The fault campaign: kills, restarts and outages while votes stream in.

@@ -23,6 +23,7 @@ class CampaignOptions:
     broker_restart: BrokerRestart = "stop-app"
     redis_restart: RedisRestart = "empty"
     drain_timeout: float = 300.0
+    bulk: int = 1  # votes per validate_votes message; 1: a validate_vote message each
     env: dict[str, str] = field(default_factory=dict)  # settings of its workers and beat
 
     @classmethod

@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from functools import partial
 
 import sqlalchemy as sa
 
@@ -15,6 +16,7 @@ from votes_app import reconcile
 from votes_app.celery import DEAD, REVIEW, VALIDATION, WORK_QUEUES, app
 from votes_app.dead_letters import list_dead
 from votes_app.models import DuplicateAttempt, ReviewRecord, VoteAudit
+from votes_app.producer import VotePublisher
 from votes_app.resources import get_redis, session_scope
 from votes_app.status import queue_depths
 from votes_tools.counts import Snapshot
@@ -30,6 +32,8 @@ RESEND_SHARE = 0.02  # votes a producer sends again, with their task ids, after 
 # A producer whose publish failed resends this many votes before it: it cannot tell which
 # of them reached the broker.
 RESEND_AFTER_ERROR = 100
+# With --bulk: how long a vote waits for others to fill its message.
+BULK_LINGER_MS = 50.0
 
 # Worker log lines that show a fault was noticed, counted into each row's evidence.
 LOG_EVIDENCE = {
@@ -51,10 +55,15 @@ class ScenarioRun:
         self.env = os.environ | options.env
         self.workers = [self._worker(n) for n in range(options.workers)]
         self.beat = Beat(self.directory, env=self.env)
-        # One producer in order, a vote confirmed before the next, as a simple producer
-        # service sends them.
+        # One producer in order, a message confirmed before the next, as a simple producer
+        # service sends them: a vote each, or `bulk` votes each (`votes faults --bulk`).
+        opener = (
+            partial(VotePublisher, max_batch=options.bulk, linger_ms=BULK_LINGER_MS)
+            if options.bulk > 1
+            else VotePublisher
+        )
         self.producer = ParallelPublisher(
-            processes=1, window=1, resend_after_error=RESEND_AFTER_ERROR
+            processes=1, window=1, opener=opener, resend_after_error=RESEND_AFTER_ERROR
         )
         self._stream = threading.Thread(target=self._publish_stream, daemon=True)
         self._publication: Publication | None = None
