@@ -15,6 +15,7 @@ internal task whose `user_id` is not a trusted publisher's.
 from __future__ import annotations
 
 import contextlib
+import heapq
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,6 +83,81 @@ def admissible(message: Any, settings: Settings, now: datetime) -> str | None:
     return None
 
 
+class AckCoalescer:
+    """The acknowledgements of one channel, sent as few `basic.ack multiple` as order allows.
+
+    Each settled batch of votes would otherwise cost one `basic.ack` per message, in the
+    worker's main process and in RabbitMQ. With `multiple`, one ack settles every delivery up
+    to its tag ("Consumer Acknowledgements and Publisher Confirms",
+    rabbitmq.com/docs/confirms): safe only up to the oldest delivery that is not settled yet
+    (a task still running, a vote waiting for its ETA, the next batch filling). So deliveries
+    are registered as they arrive, acks are collected until the event loop's next turn, and
+    one multiple ack goes out for the settled run at the front. Settled deliveries stuck
+    behind one that waits long are acknowledged one by one past `hold_limit`, so that they
+    never hold the prefetch window. Rejections go out at once.
+    """
+
+    def __init__(
+        self,
+        channel: Any,
+        *,
+        schedule: Callable[[Callable[[], None]], object] | None,
+        hold_limit: int = 200,
+    ) -> None:
+        self._channel = channel
+        self._send_ack = channel.basic_ack
+        self._send_reject = channel.basic_reject
+        self._schedule = schedule
+        self._hold_limit = hold_limit
+        self._outstanding: list[int] = []  # heap of delivered tags, some settled or gone
+        self._settled: set[int] = set()  # acknowledged here, not yet sent
+        self._gone: set[int] = set()  # sent (rejected, or acked alone): skip in the heap
+        self._flush_scheduled = False
+        channel.basic_ack = self.ack
+        channel.basic_reject = self.reject
+
+    def delivered(self, tag: int) -> None:
+        heapq.heappush(self._outstanding, tag)
+
+    def ack(self, delivery_tag: int, multiple: bool = False, **kwargs: Any) -> None:
+        if multiple:  # not ours to reorder
+            self.flush()
+            self._send_ack(delivery_tag, multiple=True, **kwargs)
+            return
+        self._settled.add(delivery_tag)
+        if self._schedule is None:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._schedule(self.flush)
+
+    def reject(self, delivery_tag: int, requeue: bool = True, **kwargs: Any) -> None:
+        self._send_reject(delivery_tag, requeue=requeue, **kwargs)
+        self._gone.add(delivery_tag)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if not getattr(self._channel, "is_open", True):
+            return  # a reconnect replaced this channel: its deliveries come again
+        front = None
+        while self._outstanding and (
+            self._outstanding[0] in self._settled or self._outstanding[0] in self._gone
+        ):
+            tag = heapq.heappop(self._outstanding)
+            if tag in self._settled:
+                self._settled.discard(tag)
+                front = tag
+            else:
+                self._gone.discard(tag)
+        if front is not None:
+            self._send_ack(front, multiple=True)
+        if len(self._settled) > self._hold_limit:
+            for tag in sorted(self._settled):
+                self._send_ack(tag, multiple=False)
+            self._gone |= self._settled
+            self._settled.clear()
+
+
 class VotesConsumer(Consumer):
     def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
         # Celery's Events step is the only user of this connection: task events for Flower
@@ -125,8 +201,16 @@ class VotesConsumer(Consumer):
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
         handle: Callable[[Any], None] = super().create_task_handler(*args, **kwargs)
         connection_errors = tuple(self.connection_errors)  # type: ignore[attr-defined]
+        # Made again after every reconnect (Celery's loop asks for a new handler), on the
+        # new channel: a delivery tag means something on its own channel only.
+        hub = getattr(self, "hub", None)
+        acks = AckCoalescer(
+            self.task_consumer.channel,  # type: ignore[attr-defined]
+            schedule=hub.call_soon if hub is not None else None,
+        )
 
         def on_task_received(message: Any) -> None:
+            acks.delivered(message.delivery_tag)
             try:
                 if refused := admissible(message, get_settings(), datetime.now(UTC)):
                     self._refuse(message, "task message refused: %s", refused)
