@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from votes_tools.bench.options import BenchOptions
-from votes_tools.bench.report import at_least, at_most, figures, format_value, percentiles
+from votes_tools.bench.options import QUICK_SIZES, BenchOptions
+from votes_tools.bench.picture import draw
+from votes_tools.bench.report import (
+    at_least,
+    at_most,
+    expected_keys,
+    figures,
+    format_value,
+    lookup,
+    percentiles,
+)
+from votes_tools.bench.throughput import by_second
 
 
 def test_percentiles() -> None:
@@ -49,37 +60,181 @@ def test_options_travel_as_json() -> None:
     assert BenchOptions.from_json(options.to_json()) == options
 
 
-def test_figures_compare_with_the_targets() -> None:
-    report: dict[str, Any] = {
-        "throughput": {"end_to_end_per_second": 4_000.0, "publish_per_second": 5_000.0},
+def test_quick_sizes_everything_not_given() -> None:
+    quick = BenchOptions(votes=5_000, quick=True).sized(given={"votes", "quick"})
+
+    assert quick.votes == 5_000  # named on the command line: kept
+    assert (quick.latency_seconds, quick.flush_votes) == (
+        QUICK_SIZES["latency_seconds"],
+        QUICK_SIZES["flush_votes"],
+    )
+    assert BenchOptions().sized(given=set()) == BenchOptions()
+
+
+def test_unusable_options_are_named() -> None:
+    problems = BenchOptions(votes=10, max_batch=501, linger_ms=-1, rate=0).problems(bulk_max=500)
+
+    assert problems == [
+        "--votes must be at least 100",
+        "--rate must be above 0",
+        "--max-batch must be 1 to 500 (VALIDATE_BULK_MAX)",
+        "--linger-ms must not be negative",
+    ]
+    assert BenchOptions().problems(bulk_max=500) == []
+
+
+def test_the_json_holds_each_figure_the_issue_names() -> None:
+    keys = expected_keys(BenchOptions())
+
+    for key in (
+        "throughput.end_to_end_per_second",
+        "bulk.end_to_end_per_second",
+        "ceiling.publish_and_consume_per_second",
+        "latency.one_vote_1000.publish_to_audited_ms.p95",
+        "latency.bulk_1000.publish_to_tallied_ms.p95",
+        "latency.bulk_2500.publish_to_audited_ms.p99",
+        "flush.votes_per_second",
+        "worker_peak_rss.mib",
+        "throughput.cpu_ms_per_vote",
+        "bulk.cpu_ms_per_vote",
+    ):
+        assert key in keys
+    assert lookup(report(), "latency.bulk_2500.publish_to_audited_ms.p95") == 300.0
+    assert lookup(report(), "latency.bulk_2500.nothing") is None
+    quick = expected_keys(BenchOptions(quick=True).sized(given=set()))
+    assert quick == keys  # the same figures, smaller
+    assert not any(
+        k.startswith(("bulk.", "latency.bulk")) for k in expected_keys(BenchOptions(skip_bulk=True))
+    )
+
+
+def latency(path: str, offered: float, audited: float, tallied: float) -> dict[str, Any]:
+    per_second = [
+        {
+            "second": second,
+            "votes": int(offered),
+            "audited_ms": {"p50": audited / 2, "p95": audited, "p99": audited * 1.2},
+            "tallied_ms": {"p50": tallied / 2, "p95": tallied, "p99": tallied * 1.2},
+        }
+        for second in range(3)
+    ]
+    return {
+        "path": path,
+        "max_batch": 1 if path == "one_vote" else 500,
+        "offered_per_second": offered,
+        "achieved_publish_per_second": offered,
+        "votes_per_message": 1.0 if path == "one_vote" else 3.0,
+        "publish_to_audited_ms": {"p50": audited / 2, "p95": audited, "p99": audited * 1.2},
+        "publish_to_tallied_ms": {"p50": tallied / 2, "p95": tallied, "p99": tallied * 1.2},
+        "per_second": per_second,
+    }
+
+
+def report() -> dict[str, Any]:
+    """A run's report as `votes bench` writes it, with made-up figures."""
+    throughput = {
+        "audited": [900, 1_500, 1_400],
+        "published": [1_500] * 3,
+        "tallied": [0, 2_400, 1_400],
+    }
+    return {
+        "started_at": "2026-12-06T23:00:00+00:00",
+        "options": {"window": 100, "producers": 4, "quick": True},
+        "machine": {"cpus": 2, "load_average_at_start": [0.3, 0.2, 0.1], "git_commit": "c0ffee0"},
+        "throughput": {
+            "end_to_end_per_second": 1_500.0,
+            "publish_per_second": 2_000.0,
+            "per_second": throughput,
+        },
+        "bulk": {
+            "max_batch": 500,
+            "linger_ms": 5.0,
+            "end_to_end_per_second": 5_500.0,
+            "publish_per_second": 40_000.0,
+            "votes_per_message": 480.0,
+            "per_second": {
+                "audited": [5_000, 6_000],
+                "published": [11_000, 0],
+                "tallied": [0, 11_000],
+            },
+        },
         "ceiling": {
-            "publish_per_second": 6_000.0,
-            "consume_ack_per_second": 12_000.0,
-            "publish_and_consume_per_second": 10_000.0,
+            "publish_per_second": 8_000.0,
+            "consume_ack_per_second": 6_000.0,
+            "publish_and_consume_per_second": 2_500.0,
         },
         "latency": {
-            "offered_per_second": 1_000.0,
-            "achieved_publish_per_second": 999.0,
-            "publish_to_audited_ms": {"p50": 20.0, "p95": 120.0, "p99": 150.0},
-            "publish_to_tallied_ms": {"p50": 600.0, "p95": 1_100.0, "p99": 1_300.0},
+            "one_vote_1000": latency("one_vote", 1_000.0, 240.0, 1_900.0),
+            "bulk_1000": latency("bulk", 1_000.0, 120.0, 1_400.0),
+            "bulk_2500": latency("bulk", 2_500.0, 300.0, 1_900.0),
         },
+        "flush": {"votes": 1_000_000, "laws": 100, "votes_per_second": 104_000.0},
         "memory": {
-            "after_throughput": [
-                {"label": "bench main", "peak_mib": 100.0},
-                {"label": "bench pool 1", "peak_mib": 160.0},
-                {"label": "beat", "peak_mib": 300.0},
-            ]
+            "half_of_throughput": [
+                {"label": "bench main", "rss_mib": 95.0, "peak_mib": 95.0},
+                {"label": "beat", "rss_mib": 300.0, "peak_mib": 300.0},
+            ],
+            "after_one_vote_throughput": [
+                {"label": "bench main", "rss_mib": 96.0, "peak_mib": 97.0},
+                {"label": "beat", "rss_mib": 320.0, "peak_mib": 320.0},
+            ],
+            "after_bulk_throughput": [
+                {"label": "bench main", "rss_mib": 120.0, "peak_mib": 160.0},
+                {"label": "beat", "rss_mib": 330.0, "peak_mib": 330.0},
+            ],
         },
         "reconcile": {"votes_expected": 93_000, "votes_tallied": 93_000, "ok": True},
     }
 
-    verdicts = {f.key: f.ok for f in figures(report)}
 
-    assert verdicts["end_to_end"] is True
-    assert verdicts["vs_ceiling"] is False  # 0.4
-    assert verdicts["vs_old"] is True
-    assert verdicts["audited_p95"] is False
-    assert verdicts["tallied_p95"] is True
-    assert verdicts["worker_peak_rss"] is False  # the pool process, not beat
+def test_figures_compare_with_the_targets_of_both_paths() -> None:
+    shown = {f.key: f for f in figures(report())}
+    verdicts = {key: f.ok for key, f in shown.items()}
+
+    assert verdicts["bulk_end_to_end"] is True  # 5,500 >= 5,000
+    assert verdicts["bulk_vs_ceiling"] is True  # 2.2 x 2,500
+    assert verdicts["vs_ceiling"] is True  # 0.6 of 2,500
+    assert verdicts["latency_one_vote_1000_audited_p95"] is True  # 240 <= 250
+    assert verdicts["latency_one_vote_1000_tallied_p95"] is None  # no target
+    assert verdicts["latency_bulk_1000_audited_p95"] is False  # 120 > 100
+    assert verdicts["latency_bulk_1000_tallied_p95"] is True
+    assert verdicts["latency_bulk_2500_audited_p95"] is False  # 300 > 250
+    assert verdicts["latency_bulk_2500_tallied_p95"] is True  # 1,900 <= 2,000
+    assert verdicts["flush"] is True
+    # The largest worker process at any point, not beat: 160 MiB during the bulk run.
+    assert verdicts["worker_peak_rss"] is False
+    assert shown["worker_rss_growth"].value == 1.0
     assert verdicts["reconcile"] is True
-    assert verdicts["publish"] is None
+    targeted = {key for key, ok in verdicts.items() if ok is not None}
+    assert targeted == {
+        "bulk_end_to_end",
+        "bulk_vs_ceiling",
+        "vs_ceiling",
+        "latency_one_vote_1000_audited_p95",
+        "latency_bulk_1000_audited_p95",
+        "latency_bulk_1000_tallied_p95",
+        "latency_bulk_2500_audited_p95",
+        "latency_bulk_2500_tallied_p95",
+        "flush",
+        "worker_peak_rss",
+        "reconcile",
+    }
+
+
+def test_the_picture_is_a_png_of_both_paths(tmp_path: Path) -> None:
+    drawn = draw(report(), tmp_path / "bench.png")
+
+    assert drawn == tmp_path / "bench.png"
+    assert drawn.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert draw({"options": {}}, tmp_path / "nothing.png") is None
+    assert not (tmp_path / "nothing.png").exists()
+
+
+def test_latency_by_the_second_it_was_due() -> None:
+    timed = [(100.2, 10.0, 900.0), (100.7, 30.0, 1_100.0), (102.1, 50.0, 700.0)]
+
+    seconds = by_second(timed, first=100.2)
+
+    assert [(s["second"], s["votes"]) for s in seconds] == [(0, 2), (1, 1)]
+    assert seconds[0]["audited_ms"]["p50"] == pytest.approx(20.0)
+    assert seconds[1]["tallied_ms"] == {"p50": 700.0, "p95": 700.0, "p99": 700.0}

@@ -30,6 +30,7 @@ LIBRARIES = {
 SETTINGS = (
     "validate_batch_size",
     "validate_batch_ms",
+    "validate_bulk_max",
     "worker_prefetch_multiplier",
     "flush_interval_seconds",
     "broker_confirm_publish",

@@ -1,6 +1,6 @@
 """The pipeline under measurement: workers and beat started as an operator starts them, the
-throughput and latency runs through them, Redis memory per voter, and the final check that
-no vote was lost or counted twice."""
+throughput and latency runs of each intake path through them, Redis memory per voter, and
+the final check that no vote was lost or counted twice."""
 
 from __future__ import annotations
 
@@ -23,8 +23,16 @@ from votes_tools import election
 from votes_tools.bench.accounting import pipeline_memory
 from votes_tools.bench.display import Display
 from votes_tools.bench.options import BenchOptions
-from votes_tools.bench.throughput import run_latency, run_throughput
-from votes_tools.counts import Snapshot, Totals
+from votes_tools.bench.report import latency_key, latency_runs
+from votes_tools.bench.throughput import (
+    ONE_VOTE,
+    Intake,
+    bulk_intake,
+    goal_of,
+    run_latency,
+    run_throughput,
+)
+from votes_tools.counts import Snapshot
 from votes_tools.polling import wait_for
 from votes_tools.processes import Beat, Worker, free_port
 from votes_tools.workload import Workload, mixed_workload
@@ -81,21 +89,53 @@ def measure_pipeline(
     display: Display,
     directory: Path,
 ) -> list[Workload]:
-    """Workers and beat up for the throughput run, then the latency run: their figures go
-    into `report`; returns the workloads published besides `workload`."""
-    more: list[Workload] = []
+    """Workers and beat up for each path in turn: one vote per message (`workload`), then
+    bulk intake; each with its throughput run, then its latency runs. Their figures go into
+    `report`; returns the workloads published besides `workload`."""
+    published = [workload]
     open_election(workload)
     with ExitStack() as stack:
         workers, beat = start_pipeline(options, directory, stack)
         display.note(f"workers and beat started; logs in {directory}")
         report["memory"] = {"started": [asdict(m) for m in pipeline_memory(workers, beat)]}
-        throughput = run_throughput(options, workload, workers, beat, display, report["idle_cores"])
-        memory = throughput.pop("memory")
-        report["memory"] |= {
-            "half_of_throughput": memory.get("half", []),
-            "after_throughput": memory["end"],
-        }
-        report["throughput"] = throughput
+
+        def throughput(intake: Intake, votes: Workload) -> dict[str, Any]:
+            if votes is not workload:
+                published.append(votes)
+                open_election(votes)
+            found = run_throughput(
+                options,
+                intake,
+                votes,
+                goal_of(published),
+                workers,
+                beat,
+                display,
+                report["idle_cores"],
+            )
+            memory = found.pop("memory")
+            if intake is ONE_VOTE:
+                report["memory"]["half_of_throughput"] = memory.get("half", [])
+            report["memory"][f"after_{intake.key}_throughput"] = memory["end"]
+            return found
+
+        def latency(intake: Intake, offered: float) -> None:
+            votes = mixed_workload(
+                round(offered * options.latency_seconds),
+                laws=options.laws,
+                tag=f"latency-{intake.key}-{offered:g}",
+            )
+            published.append(votes)
+            open_election(votes)
+            found = run_latency(
+                options, intake, offered, votes, goal_of(published), workers, beat, display
+            )
+            report.setdefault("latency", {})[latency_key(intake.key, offered)] = found
+            report["memory"][f"after_{intake.key}_latency_{offered:.0f}"] = [
+                asdict(m) for m in pipeline_memory(workers, beat)
+            ]
+
+        report["throughput"] = throughput(ONE_VOTE, workload)
         # The throughput voters have all voted: their roll and voted set, exactly.
         rolls = [roll_key(law) for law in workload.laws]
         held = redis_key_bytes(*rolls, VOTED_HASHES)
@@ -106,20 +146,16 @@ def measure_pipeline(
             "voted_bytes": held[VOTED_HASHES],
             "bytes_per_voter": sum(held.values()) / len(workload.roll),
         }
-        if options.skip_latency:
-            return more
-        offered = round(options.rate * options.latency_seconds)
-        more.append(mixed_workload(offered, laws=options.laws, tag="latency"))
-        open_election(more[0])
-        everything = [workload, *more]
-        goal = Totals(
-            sum(len(w.roll) for w in everything),
-            sum(len(w.second) for w in everything),
-            sum(len(w.unknown) for w in everything),
-        )
-        report["latency"] = run_latency(options, more[0], goal, workers, beat, display)
-        report["memory"]["after_latency"] = [asdict(m) for m in pipeline_memory(workers, beat)]
-    return more
+        runs = latency_runs(options)
+        for offered in (rate for path, rate in runs if path == ONE_VOTE.key):
+            latency(ONE_VOTE, offered)
+        if not options.skip_bulk:
+            bulk = bulk_intake(options)
+            votes = mixed_workload(options.votes, laws=options.laws, tag="bulk")
+            report["bulk"] = throughput(bulk, votes)
+            for offered in (rate for path, rate in runs if path == bulk.key):
+                latency(bulk, offered)
+    return published[1:]
 
 
 def reconcile_votes(workloads: Sequence[Workload]) -> dict[str, Any]:

@@ -23,8 +23,16 @@ from votes_tools.bench.ceiling import measure_ceiling
 from votes_tools.bench.display import Display
 from votes_tools.bench.machine import machine_facts, pipeline_settings
 from votes_tools.bench.options import BenchOptions
+from votes_tools.bench.picture import draw
 from votes_tools.bench.pipeline import batch_shapes, measure_pipeline, reconcile_votes
-from votes_tools.bench.report import figures, render, result_path
+from votes_tools.bench.report import (
+    expected_keys,
+    figures,
+    lookup,
+    render,
+    result_path,
+    worker_peak,
+)
 from votes_tools.workload import mixed_workload
 
 BUSY_LOAD_AVERAGE = 1.5  # above this at the start, other work will lower the figures
@@ -33,9 +41,11 @@ BUSY_LOAD_AVERAGE = 1.5  # above this at the start, other work will lower the fi
 def run_bench(options: BenchOptions) -> int:
     started = datetime.now(UTC)
     console.print(
-        f"[bold]votes bench[/bold]: {options.votes:,} votes from {options.producers} producers "
-        f"(confirms awaited {options.window} at a time), topology {options.topology}, "
-        f"worker -c {options.concurrency}, logs at {options.loglevel}"
+        f"[bold]votes bench{' --quick' if options.quick else ''}[/bold]: {options.votes:,} votes "
+        f"per path from {options.producers} producers (confirms awaited {options.window} "
+        f"messages at a time; bulk: up to {options.max_batch} votes per message, linger "
+        f"{options.linger_ms:g} ms), topology {options.topology}, worker -c "
+        f"{options.concurrency}, logs at {options.loglevel}"
     )
     report: dict[str, Any] = {
         "started_at": started.isoformat(),
@@ -70,13 +80,24 @@ def run_bench(options: BenchOptions) -> int:
             report["flush"] = measure_flush(options.flush_votes, options.flush_laws, display)
     report["machine"]["load_average_at_end"] = os.getloadavg()
     report["finished_at"] = datetime.now(UTC).isoformat()
+    report["worker_peak_rss"] = worker_peak(report.get("memory", {}))
     shown = figures(report)
     report["figures"] = [asdict(f) for f in shown]
-    render(report, shown)
     path = result_path(options, started)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    render(report, shown)
     console.print(f"figures written to {path}")
+    try:
+        picture = draw(report, path.with_suffix(".png"))
+    except Exception as exc:  # the figures are written: a picture that fails loses only itself
+        console.print(f"[yellow]no picture: {exc!r}[/yellow]")
+    else:
+        if picture:
+            console.print(f"picture drawn to {picture}")
+    absent = [key for key in expected_keys(options) if lookup(report, key) is None]
+    if absent:
+        console.print(f"[yellow]figures not measured: {', '.join(absent)}[/yellow]")
     missed = [f.label for f in shown if f.ok is False]
     if missed:
         console.print(f"[yellow]{len(missed)} target(s) missed[/yellow]")
