@@ -12,7 +12,7 @@ from votes_app.config import PUBLISH_WINDOW
 # `--quick`: the same phases at sizes that take under three minutes on a 2-core machine.
 QUICK_SIZES: dict[str, Any] = {
     "votes": 20_000,
-    "latency_seconds": 10.0,
+    "latency_seconds": 8.0,
     "voters_load": 200_000,
     "flush_votes": 200_000,
 }
