@@ -84,26 +84,49 @@ class Ballot(Base):
     """What was voted: a law and a choice under a random id, and nothing about the voter.
 
     Written with its voter's `vote_audit` row, in an order of its own (shuffled within each
-    transaction). `tally_batch` is the flush that counted it in `vote_results`, NULL until
-    then: marking it in the flush's own transaction is what makes counting it twice impossible.
+    transaction). `tally_batch` is the flush batch that counted it in `vote_results`, NULL
+    until then. Partitioned on it (migration 0005): a ballot waits in `ballots_uncounted`
+    until a flush moves it, once, into `ballots_counted` (`count_ballots`); reading
+    `ballots` reads both.
     """
 
     __tablename__ = "ballots"
     __table_args__ = (
-        sa.CheckConstraint(LAW_ID_CHECK, name="law_id_format"),
         sa.CheckConstraint(CHOICE_CHECK, name="choice_valid"),
-        # The ballots not yet in vote_results: few at any moment, found fast by the flush.
-        sa.Index(
-            "ix_ballots_uncounted", "ballot_id", postgresql_where=sa.text("tally_batch IS NULL")
-        ),
+        {"postgresql_partition_by": "LIST (tally_batch)"},
     )
 
-    ballot_id: Mapped[uuid.UUID] = mapped_column(
-        sa.Uuid, primary_key=True, server_default=sa.func.gen_random_uuid()
-    )
-    law_id: Mapped[str] = law_reference()
+    ballot_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, server_default=sa.func.gen_random_uuid())
+    law_id: Mapped[str] = mapped_column(sa.String(50))
     choice: Mapped[str] = mapped_column(sa.String(3))
     tally_batch: Mapped[str | None] = mapped_column(sa.String(64))
+
+    # Unique in ballots_counted (its primary key); a partitioned table's own unique keys
+    # must hold the partition key, which tally_batch is.
+    __mapper_args__ = {"primary_key": [ballot_id]}
+
+
+def ballot_partition(name: str, *constraints: sa.schema.SchemaItem) -> sa.Table:
+    """A partition of `ballots`: its columns, with the constraints of its own."""
+    return sa.Table(
+        name,
+        Base.metadata,
+        sa.Column("ballot_id", sa.Uuid, server_default=sa.func.gen_random_uuid(), nullable=False),
+        sa.Column("law_id", sa.String(50), nullable=False),
+        sa.Column("choice", sa.String(3), nullable=False),
+        sa.Column("tally_batch", sa.String(64)),
+        *constraints,
+    )
+
+
+# The ballots waiting for a flush: where votes enter, so where their law is checked.
+ballots_uncounted = ballot_partition(
+    "ballots_uncounted",
+    sa.CheckConstraint(LAW_ID_CHECK, name="law_id_format"),
+    sa.ForeignKeyConstraint(["law_id"], ["laws.law_id"]),
+)
+# The ballots counted: moved from ballots_uncounted by count_ballots, each once.
+ballots_counted = ballot_partition("ballots_counted", sa.PrimaryKeyConstraint("ballot_id"))
 
 
 class VoteResult(Base):

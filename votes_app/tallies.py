@@ -1,10 +1,12 @@
 """Tallies: the ballots not yet counted, added to `vote_results` by a flush, each exactly once.
 
-PostgreSQL alone decides whether a ballot has been counted. A flush marks every uncounted
-ballot it can lock with a batch id, adds the marked ballots to `vote_results` and extends
-each law's hash chain (`votes_app.chain`), in one transaction: a ballot is counted once
-however many flushes run, whatever crashes, and a ballot no flush has seen yet waits for the
-next one, never longer.
+PostgreSQL alone decides whether a ballot has been counted. A ballot waits in the partition
+`ballots_uncounted` until a flush moves it, marked with a batch id, into `ballots_counted`
+(`count_ballots`, migration 0005); the same transaction adds the moved ballots to
+`vote_results` and extends each law's hash chain (`votes_app.chain`). A ballot is moved once
+however many flushes run, whatever crashes, and one committed while a flush runs waits for
+the next one, never longer: a flush moves what its statement sees committed, and nothing
+else deletes a waiting ballot.
 """
 
 from __future__ import annotations
@@ -32,33 +34,20 @@ LawId = Annotated[str, StringConstraints(pattern=f"^{LAW_ID_PATTERN.pattern}$")]
 RECORDED: TypeAdapter[dict[str, dict[str, int]]] = TypeAdapter(
     Annotated[dict[LawId, dict[Choice, Annotated[int, Field(ge=1)]]], Field(max_length=10_000)]
 )
-# Ballots marked per statement: bounds one statement, not a flush, which marks until none
-# is left (a backlog of a million after an outage of beat goes in a few statements).
+# Ballots moved per statement: bounds one statement (and the text a digest is made of), not
+# a flush, which moves batches until none is left (a backlog of a million after an outage of
+# beat goes in a few statements).
 MARK_CHUNK = 200_000
 
 
-# One flush at a time (a transaction-level advisory lock): each extends the laws' chains
-# from the link the last one left.
+# One flush at a time (a transaction-level advisory lock, which count_ballots takes too):
+# each extends the laws' chains from the link the last one left.
 FLUSH_LOCK = 0x766F746573  # "votes"
 
+# The SECURITY DEFINER function of migration 0005: the application's role moves ballots
+# through it and may not update or delete one itself.
 _MARK = sa.text(
-    f"""
-    WITH picked AS MATERIALIZED (
-        -- Materialized: run once. As `ballot_id IN (subquery)` the planner may run the
-        -- subquery again per row, and mark far more than `limit`.
-        SELECT ballot_id FROM ballots WHERE tally_batch IS NULL
-        LIMIT :limit FOR UPDATE SKIP LOCKED
-    ), marked AS (
-        UPDATE ballots SET tally_batch = :batch_id FROM picked
-        WHERE ballots.ballot_id = picked.ballot_id AND ballots.tally_batch IS NULL
-        RETURNING ballots.ballot_id, ballots.law_id, ballots.choice
-    )
-    SELECT law_id,
-           count(*) FILTER (WHERE choice = 'oui') AS oui,
-           count(*) FILTER (WHERE choice = 'non') AS non,
-           {chain.BALLOTS_DIGEST_SQL} AS digest
-    FROM marked GROUP BY law_id
-    """
+    "SELECT law_id, oui, non, ballots_digest AS digest FROM count_ballots(:batch_id, :limit)"
 )
 
 
@@ -73,8 +62,9 @@ class FlushResult:
 
 
 def _mark(session: Session, batch_id: str, limit: int) -> dict[str, chain.Counted]:
-    """Mark up to `limit` uncounted ballots as counted by this batch; per law, how many of
-    each choice and their digest. Locks ballot rows only: vote_results is touched after."""
+    """Move up to `limit` waiting ballots into `ballots_counted`, marked with this batch;
+    per law, how many of each choice and their digest. Touches ballots only: vote_results
+    is updated after."""
     rows = session.execute(_MARK, {"batch_id": batch_id, "limit": limit})
     return {row.law_id: chain.Counted(row.oui, row.non, row.digest) for row in rows}
 
@@ -103,11 +93,12 @@ def _add_to_results(session: Session, counted: Counter[tuple[str, str]]) -> None
 
 @metrics.database_operation("apply_tallies")
 def count_waiting(*, session: Session, chunk: int = MARK_CHUNK) -> FlushResult | None:
-    """Count every ballot waiting, in this transaction: mark each with a batch id, add it
-    to `vote_results`, record the batch and extend each law's chain. None when none waits.
+    """Count every ballot waiting, in this transaction: move each into `ballots_counted`
+    under a batch id, add it to `vote_results`, record the batch and extend each law's chain.
+    None when none waits.
 
-    Every ballot committed before a batch's statement runs, and not locked by another
-    transaction, is counted; one committed meanwhile waits for the next flush.
+    Every ballot committed before a batch's statement starts is counted; one committed
+    meanwhile waits for the next batch or the next flush.
     """
     session.execute(sa.select(sa.func.pg_advisory_xact_lock(FLUSH_LOCK)))
     batch_ids: list[str] = []

@@ -1,7 +1,8 @@
 """Recording votes apart from their voters, and flushing ballots into vote_results once each:
 redelivery, crashes, races, a real worker.
 
-PostgreSQL decides: a flush marks every ballot it counts, in the transaction that counts it.
+PostgreSQL decides: a flush moves every ballot it counts into `ballots_counted`, marked with
+its batch, in the transaction that counts it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from itertools import count
 import pytest
 import redis
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from tests.support import (
     Worker,
@@ -339,22 +341,26 @@ def test_concurrent_flushes_count_each_ballot_once(voters: Iterator[int]) -> Non
     assert sum((Counter(r.counted) for r in flushed), Counter()) == Counter(tally(recorded))
 
 
-def test_a_flush_skips_the_ballots_another_holds_and_the_next_counts_them(
+def test_a_ballot_committed_while_a_flush_runs_is_counted_by_the_next_flush(
     engine: sa.Engine, voters: Iterator[int]
 ) -> None:
-    votes = record(voters, 10)
-    with engine.connect() as other:
-        held = other.execute(
-            sa.select(Ballot.ballot_id, Ballot.law_id, Ballot.choice).limit(3).with_for_update()
-        ).all()
+    waiting = record(voters, 10)
+    late = cast_votes(voters, 3)
+    with engine.connect() as recording:
+        # A validation transaction under way when the flush starts, committed before the
+        # flush commits: its ballots were written before the flush's statement, and are
+        # visible to nobody until after it.
+        audit.record_votes(session=Session(bind=recording), votes=late)
+        with session_scope() as flushing:
+            first = count_waiting(session=flushing)
+            recording.commit()
 
-        first = flush(session_scope=session_scope)  # does not wait for `other`
-
-        assert first is not None and first.vote_count == 7
-        other.rollback()
-    flush_all()
-    assert results() == tally(votes)
-    assert len(held) == 3
+    assert first is not None and first.counted == tally(waiting)
+    assert Counter(marks())[None] == len(late)
+    assert results() == tally(waiting)
+    [second] = flush_all()
+    assert second.counted == tally(late)
+    assert results() == tally(waiting + late)
     assert_each_ballot_counted_once()
 
 

@@ -184,15 +184,11 @@ def test_the_downgrade_refuses_voters_and_ballots_that_do_not_match(scratch_url:
 # --- 0003: the lifecycle, on a database that holds votes -------------------------------------
 
 
-def test_the_lifecycle_migration_registers_the_laws_voted_on_and_chains_their_count(
-    scratch_url: str,
-) -> None:
-    from votes_app import laws, verification
-
-    alembic_upgrade(scratch_url, "0002")
-    execute(scratch_url, "INSERT INTO tally_batches (batch_id, vote_count) VALUES ('b1', 3)")
+def hold_votes_counted_and_waiting(url: str) -> None:
+    """At revision 0002: four votes on two laws, three counted by batch b1, one waiting."""
+    execute(url, "INSERT INTO tally_batches (batch_id, vote_count) VALUES ('b1', 3)")
     execute(
-        scratch_url,
+        url,
         "INSERT INTO ballots (law_id, choice, tally_batch) VALUES (:law, :choice, :batch)",
         [
             {"law": law, "choice": choice, "batch": batch}
@@ -205,16 +201,25 @@ def test_the_lifecycle_migration_registers_the_laws_voted_on_and_chains_their_co
         ],  # fmt: skip
     )
     execute(
-        scratch_url,
+        url,
         "INSERT INTO vote_audit (vote_hash, law_id, voted_at, task_id)"
         " VALUES (:h, :law, now(), :h)",
         [{"h": f"{n:064x}", "law": ("law-001", "law-002")[n // 2]} for n in range(4)],
     )
     execute(
-        scratch_url,
+        url,
         "INSERT INTO vote_results (law_id, oui_count, non_count) VALUES"
         " ('law-001', 1, 1), ('law-002', 1, 0)",
     )
+
+
+def test_the_lifecycle_migration_registers_the_laws_voted_on_and_chains_their_count(
+    scratch_url: str,
+) -> None:
+    from votes_app import laws, verification
+
+    alembic_upgrade(scratch_url, "0002")
+    hold_votes_counted_and_waiting(scratch_url)
 
     alembic_upgrade(scratch_url, "0003")
 
@@ -258,6 +263,62 @@ def test_the_roles_migration_grants_the_reader_and_its_downgrade_takes_it_back(
     alembic_downgrade(scratch_url, "0003")
 
     assert execute(scratch_url, READER_GRANTS) == [(0, True)]
+
+
+# --- 0005: ballots moved when counted, on a database that holds votes -----------------------
+
+BALLOTS = "SELECT ballot_id, law_id, choice, tally_batch FROM ballots"
+
+
+def problems(url: str) -> list[str]:
+    """What `votes verify` finds wrong with each law, without a roll."""
+    from votes_app import laws, verification
+
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with Session(engine) as session:
+            return [
+                problem
+                for law in laws.all_laws(session=session)
+                for problem in verification.verify_law(session=session, law=law, roll_check=None)
+            ]
+    finally:
+        engine.dispose()
+
+
+def test_the_counting_migration_keeps_every_ballot_and_mark_and_counts_the_waiting(
+    scratch_url: str,
+) -> None:
+    from votes_app import tallies
+
+    alembic_upgrade(scratch_url, "0002")
+    hold_votes_counted_and_waiting(scratch_url)
+    alembic_upgrade(scratch_url, "0004")
+    before = sorted(execute(scratch_url, BALLOTS))
+
+    alembic_upgrade(scratch_url, "0005")
+
+    assert sorted(execute(scratch_url, BALLOTS)) == before
+    assert execute(scratch_url, "SELECT law_id, choice FROM ballots_uncounted") == [
+        ("law-002", "non")
+    ]
+    assert problems(scratch_url) == []
+    engine = sa.create_engine(scratch_url, poolclass=sa.NullPool)
+    try:
+        with Session(engine) as session, session.begin():
+            counted = tallies.count_waiting(session=session)
+    finally:
+        engine.dispose()
+    assert counted is not None and counted.counted == {("law-002", "non"): 1}
+    [batch] = counted.batch_ids
+    assert problems(scratch_url) == []
+
+    alembic_downgrade(scratch_url, "0004")
+
+    marked = {(b, law, choice, mark or batch) for b, law, choice, mark in before}
+    assert set(execute(scratch_url, BALLOTS)) == marked
+    assert problems(scratch_url) == []
+    alembic_upgrade(scratch_url, "head")
 
 
 # --- constraints, on the suite's migrated database ----------------------------------------

@@ -40,11 +40,11 @@ READER_MAY = {
     ("certifications", "SELECT"),
     ("vote_audit", "SELECT"),  # the column law_id alone
 }
-# Besides SELECT on every table: migration 0003's APP_PRIVILEGES.
+# Besides SELECT on every table: migration 0003's APP_PRIVILEGES, as 0005 left them (a ballot's
+# law and choice inserted; counted by count_ballots, not updated).
 APP_MAY_WRITE = {
     ("vote_audit", "INSERT"),
     ("ballots", "INSERT"),
-    ("ballots", "UPDATE"),
     ("tally_batches", "INSERT"),
     ("tally_chain", "INSERT"),
     ("vote_results", "INSERT"),
@@ -72,6 +72,8 @@ REFUSED_TO_APP = [
     "CREATE FUNCTION app_function() RETURNS int LANGUAGE sql AS 'SELECT 1'",
     "DELETE FROM ballots",
     "UPDATE ballots SET choice = 'non'",
+    "INSERT INTO ballots (law_id, choice, tally_batch) VALUES ('law-001', 'oui', 'forged')",
+    "DELETE FROM ballots_uncounted",
     "TRUNCATE vote_audit",
     "ALTER TABLE ballots DISABLE TRIGGER USER",
     "DROP TABLE vote_results",
@@ -149,13 +151,14 @@ def test_the_application_role_is_plain_and_holds_its_grants_alone() -> None:
             sa.text(
                 "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolreplication,"
                 " rolbypassrls, rolcanlogin, EXISTS (SELECT FROM pg_auth_members m"
-                " WHERE m.member = r.oid) AS member FROM pg_roles r"
+                " WHERE m.member = r.oid) AS member, has_function_privilege(r.oid,"
+                " 'count_ballots(varchar, integer)', 'EXECUTE') AS counts FROM pg_roles r"
                 " WHERE rolname IN ('votes_app', 'votes_reader') ORDER BY rolname"
             )
         ).all()
     assert [tuple(row) for row in attributes] == [
-        ("votes_app", False, False, False, False, False, True, False),
-        ("votes_reader", False, False, False, False, False, True, False),
+        ("votes_app", False, False, False, False, False, True, False, True),
+        ("votes_reader", False, False, False, False, False, True, False, False),
     ]
     with get_engine().connect() as connection:
         assert connection.scalar(sa.text("SELECT current_user")) == "votes_app"

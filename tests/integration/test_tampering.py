@@ -247,6 +247,9 @@ APP_MAY_NOT = {
     "move a ballot to another law": f"UPDATE ballots SET law_id = '{OTHER}'",
     "unmark a counted ballot": "UPDATE ballots SET tally_batch = NULL",
     "delete a ballot": "DELETE FROM ballots",
+    "delete a waiting ballot": "DELETE FROM ballots_uncounted",
+    "add a ballot counted already": "INSERT INTO ballots (law_id, choice, tally_batch)"
+    f" VALUES ('{LAW}', 'oui', 'forged')",
     "delete a voter": "DELETE FROM vote_audit",
     "change a voter's law": f"UPDATE vote_audit SET law_id = '{OTHER}'",
     "lower a tally": "UPDATE vote_results SET oui_count = 0",

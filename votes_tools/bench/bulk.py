@@ -126,11 +126,12 @@ def measure_validation(count: int, display: Display) -> dict[str, Any]:
 
 
 def ballot_sizes(rows: int) -> dict[str, float]:
-    """Bytes per ballot of the table and of each of its indexes."""
+    """Bytes per ballot of each partition of `ballots` and of each of their indexes."""
     query = sa.text(
-        "SELECT 'table', pg_table_size('ballots') UNION ALL "
-        "SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) "
-        "FROM pg_index WHERE indrelid = 'ballots'::regclass"
+        "SELECT relid::regclass::text, pg_table_size(relid)"
+        " FROM pg_partition_tree('ballots') WHERE isleaf UNION ALL "
+        "SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) FROM pg_index"
+        " WHERE indrelid IN (SELECT relid FROM pg_partition_tree('ballots') WHERE isleaf)"
     )
     with get_engine().connect() as connection:
         return {name: size / rows for name, size in connection.execute(query)}
