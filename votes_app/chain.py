@@ -29,6 +29,8 @@ GENESIS = "0" * 64
 
 # The digests, computed by PostgreSQL where the rows are (same bytes as `ballots_digest` and
 # `voters_digest` below). ballot_id orders as its text does; hashes in the C collation.
+# `count_ballots` (migration 0005) computes the ballots digest of each batch it moves with the
+# same expression; `votes verify` recomputes it with this one.
 BALLOTS_DIGEST_SQL = (
     "encode(sha256(convert_to(coalesce(string_agg("
     "ballot_id::text || ':' || choice || E'\\n', '' ORDER BY ballot_id), ''), 'UTF8')), 'hex')"

@@ -215,6 +215,23 @@ def test_waiting_ballots_become_vote_results(voters: Iterator[int]) -> None:
     assert_each_ballot_counted_once()
 
 
+def test_a_counted_ballot_shares_neither_transaction_nor_place_with_its_voter(
+    engine: sa.Engine, voters: Iterator[int]
+) -> None:
+    record(voters, 30)  # voters and ballots in one transaction: the same xmin
+
+    flush(session_scope=session_scope)
+
+    with engine.connect() as connection:
+        voters_xmin = set(connection.scalars(sa.text("SELECT xmin::text FROM vote_audit")))
+        counted = connection.execute(
+            sa.text("SELECT xmin::text, ballot_id FROM ballots_counted ORDER BY ctid")
+        ).all()
+    assert len(counted) == 30
+    assert voters_xmin.isdisjoint(xmin for xmin, _ in counted)  # the flush's, not the vote's
+    assert [b for _, b in counted] == sorted(b for _, b in counted)  # random ids, in order
+
+
 def test_later_flushes_add_to_the_results(voters: Iterator[int]) -> None:
     first = record(voters, 12)
     flush(session_scope=session_scope)
