@@ -8,8 +8,7 @@ from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery import Celery, Task
-from celery.exceptions import Reject
+from celery import Celery
 from celery.utils.log import get_logger
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request as CeleryRequest
@@ -20,6 +19,7 @@ from votes_app import dead_letters, metrics
 from votes_app.ballot_box import VoterRollMissing
 from votes_app.config import get_settings
 from votes_app.resources import TRANSIENT_ERRORS, get_ballot_box, session_scope
+from votes_app.review import Rejection
 from votes_app.schemas import Submission, utcnow
 from votes_app.validation import MalformedBulk, Outcome, unpack, validate
 
@@ -129,14 +129,69 @@ class SettledBatches(Batches):  # type: ignore[misc]
         )
 
 
+# What a batch's messages hold: the votes to judge, the entries refused before they are
+# votes (review), and the ids of messages that hold no votes at all (votes.dead).
+Unpacked = tuple[list[Submission], list[Rejection], list[str]]
+Unpack = Callable[[list[SimpleRequest]], Unpacked]
+
+
+def one_vote_each(requests: list[SimpleRequest]) -> Unpacked:
+    """`validate_vote` messages: each is one vote, identified by its task id."""
+    return [Submission(task_id=r.id, args=r.args, kwargs=r.kwargs) for r in requests], [], []
+
+
+def votes_of_bulk(requests: list[SimpleRequest]) -> Unpacked:
+    """`validate_votes` messages: each holds many votes, identified by their vote ids. A vote
+    id met again in the same batch is the same vote sent twice (a producer's resend queued
+    beside the first copy): judged once."""
+    submissions: list[Submission] = []
+    refused: list[Rejection] = []
+    dead: list[str] = []
+    seen: set[str] = set()
+    now = utcnow()
+    for request in requests:
+        try:
+            judged, malformed = unpack(
+                request.id,
+                _the_votes(request),
+                max_votes=get_settings().validate_bulk_max,
+                now=now,
+            )
+        except MalformedBulk as exc:
+            metrics.get().validation_errors.labels(error_type="MalformedBulk").inc()
+            dead.append(dead_letters.send_to_dead(request.id, exc.reason, kind="failed"))
+            continue
+        submissions += [vote for vote in judged if vote.task_id not in seen]
+        seen |= {vote.task_id for vote in judged}
+        refused += malformed
+    return submissions, refused, dead
+
+
+def _the_votes(request: SimpleRequest) -> object:
+    """`votes`, given by keyword or as the one positional argument, and nothing else."""
+    args, kwargs = list(request.args or ()), dict(request.kwargs or {})
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    if args or set(kwargs) != {"votes"}:
+        raise MalformedBulk("a validate_votes message takes one argument, votes")
+    return kwargs["votes"]
+
+
 def settle(
-    task: SettledBatches, requests: list[SimpleRequest], *, hand_on: Callable[[Outcome], None]
+    task: SettledBatches,
+    requests: list[SimpleRequest],
+    *,
+    hand_on: Callable[[Outcome], None],
+    unpack_votes: Unpack = one_vote_each,
+    send_alone: Callable[[Submission], None] | None = None,
 ) -> list[str]:
-    """Validate a batch and hand its outcome on; the ids of the messages for votes.dead.
+    """Validate a batch of messages and hand its outcome on; the ids of the messages for
+    votes.dead.
 
     Infrastructure errors send each message back with a delay (Celery's retry, message by
     message); a missing voter roll holds them; anything else is the messages' doing, and
-    is narrowed down to the message responsible by settling them one by one.
+    is narrowed down to the message responsible by settling them one by one, and within a
+    bulk message to the vote responsible, which `send_alone` sends on by itself.
     """
     dead = [
         dead_letters.send_to_dead(
@@ -149,99 +204,73 @@ def settle(
     ]
     if dead:
         requests = [r for r in requests if r.id not in dead]
-    return dead + _settle(task, requests, hand_on) if requests else dead
+    if not requests:
+        return dead
+    return dead + _settle(task, requests, hand_on, unpack_votes, send_alone)
 
 
 def _settle(
-    task: SettledBatches, requests: list[SimpleRequest], hand_on: Callable[[Outcome], None]
+    task: SettledBatches,
+    requests: list[SimpleRequest],
+    hand_on: Callable[[Outcome], None],
+    unpack_votes: Unpack,
+    send_alone: Callable[[Submission], None] | None,
 ) -> list[str]:
-    submissions = [Submission(task_id=r.id, args=r.args, kwargs=r.kwargs) for r in requests]
+    submissions, refused, dead = unpack_votes(requests)
+    requests = [r for r in requests if r.id not in dead]
     measure = metrics.get()
     started = time.perf_counter()
     try:
         outcome = _validate(submissions, utcnow())
+        outcome.rejections += refused
         hand_on(outcome)
     except VoterRollMissing:
         # Hold the votes until the roll is loaded again: refusing them would be wrong.
-        logger.warning("voter roll missing: holding %d votes", len(requests))
-        measure.validation_errors.labels(error_type="voter_roll_missing").inc()
-        measure.voter_roll_missing.set(1)
-        measure.votes_held.inc(len(requests))
-        return retry_later(task, requests, hold=True)
-    except TRANSIENT_ERRORS as exc:
-        logger.warning("retrying %d votes after %s", len(requests), type(exc).__name__)
-        measure.validation_errors.labels(error_type=type(exc).__name__).inc()
-        return retry_later(task, requests)
-    except Exception as exc:
-        measure.validation_errors.labels(error_type=type(exc).__name__).inc()
-        if len(requests) == 1:
-            logger.exception("vote task %s failed", requests[0].id)
-            return [
-                dead_letters.send_to_dead(requests[0].id, dead_letters.describe(exc), kind="failed")
-            ]
-        # One bad message must not take its batch with it: settle them one by one.
-        logger.exception("batch of %d failed: settling its votes one by one", len(requests))
-        return [dead for request in requests for dead in _settle(task, [request], hand_on)]
-    observe(outcome, seconds=time.perf_counter() - started)
-    return []
-
-
-def settle_bulk(
-    task: Task,  # type: ignore[type-arg]
-    votes: object,
-    *,
-    hand_on: Callable[[Outcome], None],
-    send_alone: Callable[[Submission], None],
-) -> None:
-    """Validate the votes of one `validate_votes` message as one batch; hand the outcome on.
-
-    Each vote is judged as a `validate_vote` message would be, its `vote_id` standing for the
-    task id: a message redelivered or sent again finishes what the first run began and counts
-    nothing twice. A message that is not a list of votes goes to votes.dead. Infrastructure
-    errors propagate, and Celery sends the whole message again with a delay; a missing voter
-    roll holds it, its retry count kept. Anything else is narrowed down to the votes
-    responsible: each is validated alone, and one that still fails is sent on alone, as a
-    `validate_vote` message under its vote id, to reach votes.dead by itself.
-    """
-    settings = get_settings()
-    measure = metrics.get()
-    now = utcnow()
-    message_id = str(task.request.id)
-    try:
-        submissions, refused = unpack(
-            message_id, votes, max_votes=settings.validate_bulk_max, now=now
-        )
-    except MalformedBulk as exc:
-        measure.validation_errors.labels(error_type="MalformedBulk").inc()
-        dead_letters.send_to_dead(message_id, exc.reason, kind="failed")
-        raise Reject(exc.reason, requeue=False) from None
-    started = time.perf_counter()
-    try:
-        outcome = _validate(submissions, now)
-    except VoterRollMissing:
-        logger.warning("voter roll missing: holding a message of %d votes", len(submissions))
+        logger.warning("voter roll missing: holding %d votes", len(submissions))
         measure.validation_errors.labels(error_type="voter_roll_missing").inc()
         measure.voter_roll_missing.set(1)
         measure.votes_held.inc(len(submissions))
-        # Its retry count kept: waiting for an operator is no failure (as `retry_later`).
-        options: dict[str, Any] = {"retries": task.request.retries}
-        task.apply_async(
-            kwargs={"votes": votes},
-            task_id=message_id,
-            countdown=settings.roll_missing_retry_seconds,
-            **options,
-        )
-        return
+        return dead + retry_later(task, requests, hold=True)
     except TRANSIENT_ERRORS as exc:
+        logger.warning("retrying %d votes after %s", len(submissions), type(exc).__name__)
         measure.validation_errors.labels(error_type=type(exc).__name__).inc()
-        raise
+        return dead + retry_later(task, requests)
     except Exception as exc:
         measure.validation_errors.labels(error_type=type(exc).__name__).inc()
-        logger.exception("bulk message of %d votes failed: one by one", len(submissions))
-        outcome = Outcome()
+        if len(requests) > 1:
+            # One bad message must not take its batch with it: settle them one by one.
+            logger.exception("batch of %d failed: settling its messages one by one", len(requests))
+            return dead + [
+                lost
+                for request in requests
+                for lost in _settle(task, [request], hand_on, unpack_votes, send_alone)
+            ]
+        if send_alone is None or len(submissions) < 2:
+            logger.exception("vote task %s failed", requests[0].id)
+            return dead + [
+                dead_letters.send_to_dead(requests[0].id, dead_letters.describe(exc), kind="failed")
+            ]
+        logger.exception("bulk message %s failed: its votes one by one", requests[0].id)
+        return dead + _settle_one_by_one(task, requests, submissions, refused, hand_on, send_alone)
+    observe(outcome, seconds=time.perf_counter() - started)
+    return dead
+
+
+def _settle_one_by_one(
+    task: SettledBatches,
+    requests: list[SimpleRequest],
+    submissions: list[Submission],
+    refused: list[Rejection],
+    hand_on: Callable[[Outcome], None],
+    send_alone: Callable[[Submission], None],
+) -> list[str]:
+    """A bulk message that failed as a whole: each vote alone; one that fails again goes on
+    alone, as a `validate_vote` message under its vote id, to reach votes.dead by itself."""
+    outcome = Outcome(rejections=list(refused))
+    try:
         for submission in submissions:
             try:
-                alone = _validate([submission], now)
+                alone = _validate([submission], utcnow())
             except TRANSIENT_ERRORS:
                 raise
             except Exception:
@@ -249,9 +278,11 @@ def settle_bulk(
                 continue
             outcome.recorded += alone.recorded
             outcome.rejections += alone.rejections
-    outcome.rejections += refused
-    hand_on(outcome)
-    observe(outcome, seconds=time.perf_counter() - started)
+        hand_on(outcome)
+    except TRANSIENT_ERRORS:
+        # What was recorded stays recorded; the message, sent again, finishes the rest.
+        return retry_later(task, requests)
+    return []
 
 
 def _validate(submissions: list[Submission], now: datetime) -> Outcome:

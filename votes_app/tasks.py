@@ -11,7 +11,7 @@ from celery.utils.log import get_task_logger
 from celery_batches import SimpleRequest
 
 from votes_app import dead_letters, metrics, review, status, tallies, validation
-from votes_app.batching import SettledBatches, settle, settle_bulk
+from votes_app.batching import SettledBatches, settle, votes_of_bulk
 from votes_app.celery import app
 from votes_app.config import get_settings
 from votes_app.resources import TRANSIENT_ERRORS, get_redis, session_scope
@@ -19,6 +19,7 @@ from votes_app.schemas import Submission, utcnow
 
 logger = get_task_logger(__name__)
 settings = get_settings()
+BULK_MESSAGES_PER_BATCH = 10
 
 # Infrastructure that may come back: retried with exponential backoff and jitter. After
 # `max_retries` the task fails, is rejected, and lands in votes.dead for a later replay.
@@ -74,16 +75,28 @@ def validate_vote(self: SettledBatches, requests: list[SimpleRequest]) -> list[s
     return settle(self, requests, hand_on=hand_on)
 
 
-@app.task(base=VotesTask, bind=True, name="votes_app.validate_votes", **RETRY_POLICY)
-def validate_votes(self: Task[..., None], votes: list[dict[str, Any]]) -> None:
-    """Judge the votes of one bulk message as one batch; record them and hand them on, or
-    send them to review.
+@app.task(
+    base=SettledBatches,
+    bind=True,
+    name="votes_app.validate_votes",
+    # Messages, not votes: a batch of bulk messages holds up to this many times
+    # VALIDATE_BULK_MAX votes, and small ones (a producer's short linger) are judged together.
+    flush_every=BULK_MESSAGES_PER_BATCH,
+    flush_interval=settings.validate_batch_ms / 1000,
+)
+def validate_votes(self: SettledBatches, requests: list[SimpleRequest]) -> list[str]:
+    """Judge the votes of a batch of bulk messages as one batch; record them and hand them
+    on, or send them to review.
 
     Producers call it as `validate_votes(votes=[{vote_hash, law_id, choice, timestamp,
-    citizen_id=None, vote_id}, ...])`, up to VALIDATE_BULK_MAX votes per message, each with an
-    id of the producer's choosing (`votes_app.producer.VotePublisher(max_batch=...)` does).
+    citizen_id=None, vote_id}, ...])`, up to VALIDATE_BULK_MAX votes per message, each with
+    an id of the producer's choosing (`votes_app.producer.VotePublisher(max_batch=...)` does).
+    The worker buffers messages as it does `validate_vote`'s. Returns the ids of the messages
+    that can never be processed, which go to votes.dead; the others are acknowledged.
     """
-    settle_bulk(self, votes, hand_on=hand_on, send_alone=send_alone)
+    return settle(
+        self, requests, hand_on=hand_on, unpack_votes=votes_of_bulk, send_alone=send_alone
+    )
 
 
 def send_alone(submission: Submission) -> None:
