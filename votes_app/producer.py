@@ -14,7 +14,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from votes_app.celery import VALIDATION, app, declare_topology
-from votes_app.config import get_settings
+from votes_app.config import BULK_LINGER_MS, get_settings
 from votes_app.topology import INTAKE_EXCHANGE
 
 T = TypeVar("T")
@@ -122,7 +122,7 @@ class VotePublisher:
         max_reconnects: int = 5,
         broker_url: str | None = None,
         max_batch: int = 1,
-        linger_ms: float = 5.0,
+        linger_ms: float = BULK_LINGER_MS,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")

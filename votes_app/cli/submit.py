@@ -11,6 +11,7 @@ from typing import IO, Any
 
 import click
 
+from votes_app.config import BULK_LINGER_MS
 from votes_app.console import console, errors, progress_bar
 
 
@@ -48,7 +49,7 @@ def read_votes(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | None]]:
 @click.option(
     "--linger-ms",
     type=click.FloatRange(min=0),
-    default=5.0,
+    default=BULK_LINGER_MS,
     show_default=True,
     help="With --file: how long a vote may wait for others to fill its message.",
 )

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from votes_app.config import PUBLISH_WINDOW
+from votes_app.config import BULK_LINGER_MS, PUBLISH_WINDOW
 
 # `--quick`: the same phases at sizes that take under three minutes on a 2-core machine.
 QUICK_SIZES: dict[str, Any] = {
@@ -38,7 +38,7 @@ class BenchOptions:
     )
     max_batch: int = option(500, "Bulk intake: votes per validate_votes message at most.")
     linger_ms: float = option(
-        5.0, "Bulk intake: how long a producer's open batch waits for more votes."
+        BULK_LINGER_MS, "Bulk intake: how long a producer's open batch waits for more votes."
     )
     concurrency: int = option(2, "Prefork processes of the (validation) worker.")
     topology: str = option(
