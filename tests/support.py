@@ -104,8 +104,6 @@ def reset_broker() -> None:
         channel: Any = connection.default_channel
         for name in ALL_QUEUES:
             channel.queue_delete(name)
-        for queue in app.conf.task_queues:
-            queue.bind(channel).declare()
         declare_topology(connection)
 
 

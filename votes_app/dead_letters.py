@@ -23,6 +23,7 @@ from votes_app.config import get_settings
 from votes_app.redaction import argument_reprs, escape, sample_of, shape
 from votes_app.resources import get_redis
 from votes_app.schemas import describe_errors, utcnow
+from votes_app.topology import VALIDATE_VOTE, VALIDATE_VOTES
 
 PREVIEW_MAX = 160
 
@@ -213,11 +214,11 @@ def dead_votes(connection: Connection, *, limit: int = 1_000_000) -> Counter[str
     per_law: Counter[str] = Counter()
     for _, message in _drain(connection, limit):
         task = (message.headers or {}).get("task")
-        if task not in ("votes_app.validate_vote", "votes_app.validate_votes"):
+        if task not in (VALIDATE_VOTE, VALIDATE_VOTES):
             continue
         try:
             args, kwargs, _ = json.loads(message.body or b"")
-            if task == "votes_app.validate_votes":
+            if task == VALIDATE_VOTES:
                 law_ids = [vote["law_id"] for vote in kwargs["votes"]]
             else:
                 law_ids = [kwargs.get("law_id") if "law_id" in kwargs else args[1]]

@@ -15,7 +15,7 @@ from kombu.exceptions import OperationalError
 
 from votes_app.celery import VALIDATION, app, declare_topology
 from votes_app.config import BULK_LINGER_MS, get_settings
-from votes_app.topology import INTAKE_EXCHANGE
+from votes_app.topology import INTAKE_EXCHANGE, VALIDATE_VOTE, VALIDATE_VOTES
 
 T = TypeVar("T")
 
@@ -60,8 +60,8 @@ class ConfirmWindow(Generic[T]):
     def _on_ack(self, tag: int, multiple: bool) -> None:
         for done in self._covered(tag, multiple):
             item = self._pending.pop(done)
-            if self._key(item) in self._returned:
-                self._returned.discard(self._key(item))
+            if (key := self._key(item)) in self._returned:
+                self._returned.discard(key)
                 self._refused.append(item)
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
@@ -92,9 +92,6 @@ class ConfirmWindow(Generic[T]):
 # A task message as the publisher keeps it until the broker confirms it: task name, task
 # id, keyword arguments.
 Message = tuple[str, str, dict[str, Any]]
-
-VALIDATE_VOTE = "votes_app.validate_vote"
-VALIDATE_VOTES = "votes_app.validate_votes"
 
 
 class VotePublisher:

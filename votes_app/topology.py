@@ -50,6 +50,9 @@ INTAKE_EXCHANGE = Exchange(VALIDATION, type="direct", durable=True)
 DEAD_EXCHANGE = Exchange(DEAD, type="fanout", durable=True)
 DEAD_QUEUE = Queue(DEAD, DEAD_EXCHANGE, durable=True)
 
+# The tasks producers send: one vote a message, or many.
+VALIDATE_VOTE = "votes_app.validate_vote"
+VALIDATE_VOTES = "votes_app.validate_votes"
 # Tasks only workers and beat send: refused when they come from anyone else's user.
 INTERNAL_TASKS = frozenset(
     {"votes_app.aggregate_vote", "votes_app.flush_tallies", "votes_app.record_review"}
