@@ -39,7 +39,7 @@ SETTINGS = (
 )
 
 
-def machine_facts() -> dict[str, Any]:
+def machine_facts(load_average: tuple[float, float, float]) -> dict[str, Any]:
     with app.connection_for_write() as broker:
         broker.connect()
         rabbitmq = broker.connection.server_properties.get("version", "?")
@@ -58,7 +58,7 @@ def machine_facts() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "memory_gib": round(int(read_proc("/proc/meminfo")["MemTotal"].split()[0]) / MIB, 1),
         "kernel": platform.release(),
-        "load_average_at_start": os.getloadavg(),
+        "load_average_at_start": load_average,
         "python": platform.python_version(),
         "rabbitmq": str(rabbitmq),
         "redis": get_redis().info("server").get("redis_version"),

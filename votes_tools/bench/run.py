@@ -47,10 +47,14 @@ def run_bench(options: BenchOptions) -> int:
         f"{options.linger_ms:g} ms), topology {options.topology}, worker -c "
         f"{options.concurrency}, logs at {options.loglevel}"
     )
+    load_at_start = os.getloadavg()  # before the reset's own work
+    # The reset migrates the namespace, which makes the app's role on a fresh server:
+    # the facts connect as that role.
+    namespace.reset()
     report: dict[str, Any] = {
         "started_at": started.isoformat(),
         "options": asdict(options),
-        "machine": machine_facts(),
+        "machine": machine_facts(load_at_start),
         "settings": pipeline_settings(),
     }
     load = report["machine"]["load_average_at_start"]
@@ -59,7 +63,6 @@ def run_bench(options: BenchOptions) -> int:
             f"[yellow]the machine is busy (load {load[0]:.1f}): figures will be low[/yellow]"
         )
     directory = Path(tempfile.mkdtemp(prefix="votes-bench-"))
-    namespace.reset()
     report["idle_cores"] = idle_cores()
     throughput = mixed_workload(options.votes, laws=options.laws, tag="throughput")
     workloads = [throughput]
