@@ -25,6 +25,44 @@ from votes_app.validation import MalformedBulk, Outcome, unpack, validate
 
 logger = get_logger(__name__)
 
+# A message this large is a bulk message of some size (about 70 votes and more).
+LARGE_MESSAGE_BYTES = 16 * 1024
+
+
+class NarrowedWindow:
+    """A consumer's prefetch window, narrowed to `narrow` messages while large ones are held.
+
+    RabbitMQ's prefetch counts messages, and the window that keeps the pool fed with one vote
+    per message (hundreds) would, full of 500-vote messages decoded in the worker's main
+    process, hold hundreds of megabytes. From the first large message buffered until the last
+    one held is settled, the window is `narrow` (still enough to feed the pool), then whole
+    again. The change reaches RabbitMQ at the event loop's next turn (`QoS.update`, Celery's
+    loop): what it delivered meanwhile is held too, and the window gives it no more room.
+    """
+
+    def __init__(self, consumer: Any, narrow: int) -> None:
+        self._consumer, self._narrow = consumer, narrow
+        self._held: set[int] = set()  # ids of the large messages buffered or running
+        self._taken = 0
+        self._qos: Any = None  # the window narrowed: a reconnect makes a new one
+
+    def hold(self, message: Any) -> None:
+        if len(message.body or b"") < LARGE_MESSAGE_BYTES:
+            return
+        if not self._held:
+            qos = self._qos = self._consumer.qos
+            self._taken = max(qos.value - self._narrow, 0)
+            qos.decrement_eventually(self._taken)
+        self._held.add(id(message))
+
+    def release(self, messages: Iterable[Any]) -> None:
+        if not self._held:
+            return
+        self._held.difference_update(id(message) for message in messages)
+        if not self._held:
+            self._qos.increment_eventually(self._taken)
+            self._taken = 0
+
 
 class SettledBatches(Batches):  # type: ignore[misc]
     """celery-batches' `Batches`, with each message acknowledged according to its fate.
@@ -41,7 +79,9 @@ class SettledBatches(Batches):  # type: ignore[misc]
     A message with an ETA (a retry the worker sent itself, due within MAX_ETA_SECONDS: the
     intake refuses later ones) waits in the worker until it is due, as Celery's default
     strategy makes it wait: with the prefetch window raised by one meanwhile, so that
-    waiting messages never take the place of votes that are due.
+    waiting messages never take the place of votes that are due. While bulk messages are
+    held, the window is narrowed (`NarrowedWindow`) to two batches per pool process (one
+    running, one waiting for it), one ready and one filling.
 
     `flush` is celery-batches' name for running a buffered batch; in the rest of votes_app a
     flush is the tally flush (`flush_tallies`) alone.
@@ -51,6 +91,7 @@ class SettledBatches(Batches):  # type: ignore[misc]
     _events: Any = None
     _consumer: Any = None
     _waiting: set[str] = set()
+    _window: NarrowedWindow | None = None
 
     def Strategy(self, task: Batches, app: Celery, consumer: Any) -> Callable[..., None]:
         # Celery's hook for a task's own message handling, called again after every broker
@@ -62,6 +103,9 @@ class SettledBatches(Batches):  # type: ignore[misc]
         # consumer.qos is made after the strategies (celery/worker/consumer/tasks.py):
         # read when used, not now, when it is None (or the previous connection's).
         self._consumer, self._waiting = consumer, set()
+        window = self._window = NarrowedWindow(
+            consumer, narrow=self.flush_every * (2 * consumer.pool.num_processes + 2)
+        )
         buffer: Callable[..., None] = super().Strategy(task, app, consumer)
 
         def task_message_handler(message: Any, *args: Any, **kwargs: Any) -> None:
@@ -71,6 +115,8 @@ class SettledBatches(Batches):  # type: ignore[misc]
                 self._waiting.add(str(headers.get("id")))
                 self._consumer.qos.increment_eventually()
             buffer(message, *args, **kwargs)
+            # Once buffered: a message refused as invalid is never settled.
+            window.hold(message)
 
         return task_message_handler
 
@@ -85,6 +131,7 @@ class SettledBatches(Batches):  # type: ignore[misc]
             if request.id in self._waiting:
                 self._waiting.discard(request.id)
                 self._consumer.qos.decrement_eventually()
+        window = self._window
         batch = ([SimpleRequest.from_request(request) for request in requests],)
         batch_id = uuid.uuid4().hex
         started = time.monotonic()
@@ -109,6 +156,8 @@ class SettledBatches(Batches):  # type: ignore[misc]
                     request.reject(requeue=False)
                 else:
                     request.acknowledge()
+            if window is not None:
+                window.release(request.message for request in requests)
             self._announce(
                 "task-succeeded",
                 uuid=batch_id,
@@ -119,6 +168,8 @@ class SettledBatches(Batches):  # type: ignore[misc]
         def on_process_lost(*_: Any) -> None:
             for request in requests:
                 request.reject(requeue=True)
+            if window is not None:
+                window.release(request.message for request in requests)
             self._announce("task-failed", uuid=batch_id, exception="WorkerLostError: requeued")
 
         return self._pool.apply_async(
