@@ -92,6 +92,21 @@ def test_models_and_migrations_agree(scratch_url: str) -> None:
     # count_ballots takes the flush's own lock: migration 0005 repeats its number.
     [(definition,)] = execute(scratch_url, "SELECT pg_get_functiondef('count_ballots'::regproc)")
     assert f"pg_advisory_xact_lock({FLUSH_LOCK})" in definition
+    # "Writing SECURITY DEFINER Functions Safely": each searches no schema others can write
+    # ahead of its own, temporary tables last.
+    definers = execute(
+        scratch_url,
+        "SELECT proname, proconfig FROM pg_proc "
+        "WHERE prosecdef AND pronamespace = 'public'::regnamespace ORDER BY proname",
+    )
+    search_paths = {
+        name: [setting for setting in settings if setting.startswith("search_path=")]
+        for name, settings in definers
+    }
+    assert search_paths == {
+        "count_ballots": ["search_path=public, pg_temp"],
+        "votes_only_while_open": ["search_path=public, pg_temp"],
+    }
 
 
 # --- 0002: the secret ballot, on a database that holds votes -------------------------------
