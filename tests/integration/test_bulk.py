@@ -26,7 +26,7 @@ from tests.support import (
 from votes_app.celery import app
 from votes_app.dead_letters import list_dead
 from votes_app.producer import VotePublisher
-from votes_app.resources import get_engine, get_redis
+from votes_app.resources import get_engine, get_owner_engine, get_redis
 
 LAW = "loi-bulk"
 
@@ -168,3 +168,49 @@ def test_votes_submit_sends_a_file_in_bulk_and_again_without_counting_twice(
         what="the second sending judged",
     )
     assert tallied() == 30
+
+
+# Raised by PostgreSQL for one law's ballots only: an error of the vote's doing, not of the
+# infrastructure's (SQLSTATE P0001, not retried), as a vote no check foresaw would cause.
+POISON_LAW = "loi-poison"
+POISON_TRIGGER = f"""
+CREATE FUNCTION poisoned_ballot() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'a ballot this database cannot take';
+END $$;
+CREATE TRIGGER poisoned_ballot BEFORE INSERT ON ballots
+    FOR EACH ROW WHEN (NEW.law_id = '{POISON_LAW}') EXECUTE FUNCTION poisoned_ballot();
+"""
+
+
+def test_a_vote_that_fails_in_a_bulk_message_goes_on_alone_and_the_others_are_counted(
+    worker: Worker, beat: Beat
+) -> None:
+    good = ballots(30, "beside")
+    poison_hash = voter_hash(0, POISON_LAW, "poison")
+    load_roll([poison_hash])
+    poison = vote(poison_hash, POISON_LAW, "oui") | {"vote_id": "poison-0"}
+    with get_owner_engine().begin() as connection:
+        connection.execute(sa.text(POISON_TRIGGER))
+    try:
+        message = send_bulk([*good[:15], poison, *good[15:]])
+
+        # The batch fails, then the message alone, then each of its votes alone: the
+        # poisoned one is sent on as a validate_vote message of its own, and fails there.
+        wait_for(
+            lambda: "poison-0" in dead_reasons(),
+            timeout=60,
+            what="the poisoned vote in votes.dead under its vote id",
+        )
+        wait_for(lambda: tallied() == 30, timeout=60, what="the 30 others tallied")
+        wait_for(work_queues_empty, timeout=30, what="the work queues drained")
+    finally:
+        with get_owner_engine().begin() as connection:
+            connection.execute(sa.text("DROP TRIGGER poisoned_ballot ON ballots"))
+            connection.execute(sa.text("DROP FUNCTION poisoned_ballot()"))
+
+    assert "cannot take" in dead_reasons()["poison-0"]
+    assert message not in dead_reasons()  # the bulk message itself was settled
+    assert count_rows("vote_audit") == 30
+    assert count_rows("duplicate_attempts") == 0  # judged again, none taken for a second vote
+    assert count_rows("vote_review") == 0
