@@ -127,6 +127,17 @@ class ScenarioRun:
             what=f"{target:,} votes audited",
         )
 
+    def wait_until_published(self, share: float, timeout: float | None = None) -> None:
+        """Until the producer has published `share` of the stream: a point mid-stream for
+        the producer, which may run well ahead of the audit log."""
+        target = int(share * len(self.workload.messages))
+        wait_for(
+            lambda: self.producer.published >= target,
+            timeout=timeout or self.options.drain_timeout,
+            interval=0.05,
+            what=f"{target:,} messages published",
+        )
+
     def logs(self) -> str:
         return "".join(
             path.read_text(errors="replace") for path in sorted(self.directory.glob("*.log"))
