@@ -9,7 +9,7 @@ Downgrade: `search_path = public` again.
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-09 10:00:00
+Create Date: 2026-12-07 02:00:00
 """
 
 from collections.abc import Sequence
