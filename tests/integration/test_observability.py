@@ -13,15 +13,16 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.support import (
     TIMESTAMP,
+    Samples,
     load_roll,
     publish,
     register_laws,
     results,
     run_votes,
+    scrape,
+    value,
     vote,
     voter_hash,
 )
@@ -40,24 +41,6 @@ from votes_tools.polling import wait_for
 from votes_tools.processes import Beat, CeleryProcess, Worker, free_port, stop_all
 
 LAWS = ("law-001", "law-002")
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(port: int) -> Samples:
-    """Every sample at /metrics, keyed by name and sorted labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def env_with(**overrides: str) -> dict[str, str]:
