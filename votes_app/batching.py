@@ -318,6 +318,7 @@ def _settle_one_by_one(
     """A bulk message that failed as a whole: each vote alone; one that fails again goes on
     alone, as a `validate_vote` message under its vote id, to reach votes.dead by itself."""
     outcome = Outcome(rejections=list(refused))
+    started = time.perf_counter()
     try:
         for submission in submissions:
             try:
@@ -333,6 +334,7 @@ def _settle_one_by_one(
     except TRANSIENT_ERRORS:
         # What was recorded stays recorded; the message, sent again, finishes the rest.
         return retry_later(task, requests)
+    observe(outcome, seconds=time.perf_counter() - started)
     return []
 
 

@@ -4,6 +4,7 @@ per vote: counted once however often the message comes, a bad vote spoils only i
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from tests.support import (
     register_laws,
     results,
     run_votes,
+    scrape,
+    value,
     vote,
     voter_hash,
     wait_for,
@@ -27,6 +30,7 @@ from votes_app.celery import app
 from votes_app.dead_letters import list_dead
 from votes_app.producer import VotePublisher
 from votes_app.resources import get_engine, get_owner_engine, get_redis
+from votes_tools.processes import free_port
 
 LAW = "loi-bulk"
 
@@ -184,26 +188,30 @@ CREATE TRIGGER poisoned_ballot BEFORE INSERT ON ballots
 
 
 def test_a_vote_that_fails_in_a_bulk_message_goes_on_alone_and_the_others_are_counted(
-    worker: Worker, beat: Beat
+    tmp_path: Path, beat: Beat
 ) -> None:
     good = ballots(30, "beside")
     poison_hash = voter_hash(0, POISON_LAW, "poison")
     load_roll([poison_hash])
     poison = vote(poison_hash, POISON_LAW, "oui") | {"vote_id": "poison-0"}
+    port = free_port()
+    metered = Worker(tmp_path / "worker.log", env={**os.environ, "METRICS_PORT": str(port)})
     with get_owner_engine().begin() as connection:
         connection.execute(sa.text(POISON_TRIGGER))
     try:
-        message = send_bulk([*good[:15], poison, *good[15:]])
+        with metered:
+            message = send_bulk([*good[:15], poison, *good[15:]])
 
-        # The batch fails, then the message alone, then each of its votes alone: the
-        # poisoned one is sent on as a validate_vote message of its own, and fails there.
-        wait_for(
-            lambda: "poison-0" in dead_reasons(),
-            timeout=60,
-            what="the poisoned vote in votes.dead under its vote id",
-        )
-        wait_for(lambda: tallied() == 30, timeout=60, what="the 30 others tallied")
-        wait_for(work_queues_empty, timeout=30, what="the work queues drained")
+            # The batch fails, then the message alone, then each of its votes alone: the
+            # poisoned one is sent on as a validate_vote message of its own, and fails there.
+            wait_for(
+                lambda: "poison-0" in dead_reasons(),
+                timeout=60,
+                what="the poisoned vote in votes.dead under its vote id",
+            )
+            wait_for(lambda: tallied() == 30, timeout=60, what="the 30 others tallied")
+            wait_for(work_queues_empty, timeout=30, what="the work queues drained")
+            samples = scrape(port)
     finally:
         with get_owner_engine().begin() as connection:
             connection.execute(sa.text("DROP TRIGGER poisoned_ballot ON ballots"))
@@ -214,3 +222,5 @@ def test_a_vote_that_fails_in_a_bulk_message_goes_on_alone_and_the_others_are_co
     assert count_rows("vote_audit") == 30
     assert count_rows("duplicate_attempts") == 0  # judged again, none taken for a second vote
     assert count_rows("vote_review") == 0
+    # The votes settled one by one are counted in the metrics as any others are.
+    assert value(samples, "validation_votes_processed_total", status="valid") == 30
